@@ -1,0 +1,83 @@
+"""Checkpoints: what they hold, atomic saving, safe loading, finding the newest one.
+
+A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads with
+`torch.load(weights_only=True)`: nothing in it can run code on the machine that opens it.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rn50.errors import CheckpointError
+from rn50.fileio import atomic_open, atomic_write_with
+
+FORMAT = "rn50-checkpoint"
+VERSION = 1
+EPOCH_FILE = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
+
+
+def epoch_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(run_dir) / f"checkpoint_epoch_{epoch:03d}.pth"
+
+
+def best_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "model_best.pth"
+
+
+def plain_state(state: dict) -> dict:
+    """Drop entries weights_only loading would refuse (callables some torch versions keep)."""
+    return {k: v for k, v in state.items() if not callable(v)}
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write `state` (plus the format tag) atomically to `path`."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write_with(path, lambda f: torch.save(state, f))
+    return Path(path)
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy a checkpoint file (e.g. the epoch file to model_best.pth)."""
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=16 << 20)
+    return Path(dst)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load an rn50 checkpoint safely, or raise CheckpointError with one line saying why."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at '{p}'; pass a .pth file written by 'rn50 train'")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not loadable"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"'{p}' is not a loadable rn50 checkpoint ({reason[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise CheckpointError(f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights)")
+    return state
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint_epoch_NNN.pth with the highest NNN in run_dir, if any."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), d / name) for name in os.listdir(d) if (m := EPOCH_FILE.match(name))]
+    return max(found)[1] if found else None
+
+
+def check_classes(state: dict, num_classes: int, path: str | os.PathLike) -> None:
+    """A checkpoint's output layer must match the run it is loaded into."""
+    have = len(state.get("classes") or []) or state.get("config", {}).get("model", {}).get(
+        "num_classes"
+    )
+    if have and have != num_classes:
+        raise CheckpointError(
+            f"'{path}' was trained for {have} classes but this run has {num_classes}; "
+            f"use a checkpoint from a run on the same dataset"
+        )

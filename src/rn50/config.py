@@ -1,0 +1,337 @@
+"""Typed run configuration: defaults, YAML files, `--set` overrides, validation.
+
+A YAML file holds only what differs from the defaults below, grouped in sections:
+
+    data:  {data_dir: /data/imagenet, batch_size: 256}
+    optim: {max_lr: 0.675}
+
+Each field's comment is its documentation (`rn50 config` prints them all). The resolved
+config is written to every run dir and stored in every checkpoint.
+"""
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rn50.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are read and augmented."""
+
+    data_dir: str = "data/imagenet"
+    """dataset root: an ImageFolder (train/, val/) or the Kaggle ILSVRC layout."""
+    batch_size: int = 256
+    """images per optimizer step on each device."""
+    eval_batch_size: int = 0
+    """images per validation batch; 0 means 2 x batch_size."""
+    workers: int = 8
+    """data-loading processes per device; 0 decodes in the training process."""
+    resolution: int = 224
+    """side of the square training and validation crop, in pixels."""
+    crop_ratio: float = 0.875
+    """validation resizes the short side to resolution / crop_ratio, then center-crops."""
+    min_scale: float = 0.08
+    """smallest area fraction RandomResizedCrop may take (torchvision's default)."""
+    hflip: bool = True
+    """random horizontal flip during training."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network is built."""
+
+    arch: str = "resnet50"
+    """a torchvision classification model name (resnet50, resnet18, ...)."""
+    num_classes: int = 1000
+    """size of the output layer; must equal the number of classes in the dataset."""
+    channels_last: bool = True
+    """NHWC memory layout: faster convolutions with tensor cores and on CPU."""
+    zero_init_residual: bool = True
+    """start the last BatchNorm of each residual block at zero, so every block begins as the
+    identity: faster, steadier early training (Goyal et al. 2017)."""
+
+
+@dataclass
+class OptimConfig:
+    """SGD and the one-cycle LR schedule (torch OneCycleLR), stepped every batch."""
+
+    optimizer: str = "sgd"
+    """the optimizer; only sgd (with momentum) for now."""
+    momentum: float = 0.9
+    """SGD momentum, used as-is when cycle_momentum is false."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+    weight_decay: float = 1e-4
+    """L2 penalty applied by SGD to every parameter."""
+    max_lr: float = 0.675
+    """peak learning rate of the cycle (the reference run's; find yours with an LR range test)."""
+    pct_start: float = 0.3
+    """fraction of all steps spent warming up from max_lr/div_factor to max_lr."""
+    div_factor: float = 25.0
+    """initial LR = max_lr / div_factor."""
+    final_div_factor: float = 1e4
+    """final LR = initial LR / final_div_factor."""
+    three_phase: bool = True
+    """warm up, anneal back to the initial LR symmetrically, then decay to the final LR."""
+    cycle_momentum: bool = True
+    """move momentum opposite to the LR between max_momentum and base_momentum."""
+    base_momentum: float = 0.85
+    """momentum at the LR peak."""
+    max_momentum: float = 0.95
+    """momentum at the start and end of the cycle."""
+
+
+@dataclass
+class TrainConfig:
+    """How long, where, on what and with which precision the run trains."""
+
+    epochs: int = 14
+    """passes over the training set."""
+    precision: str = "auto"
+    """fp16 (with GradScaler), bf16, fp32, or auto: bf16 where supported, else fp16 on CUDA."""
+    device: str = "auto"
+    """cuda, cpu, cuda:N, or auto: cuda when available, else cpu."""
+    seed: int = 0
+    """seeds the initial weights, the data order and the augmentations."""
+    label_smoothing: float = 0.0
+    """cross-entropy label smoothing."""
+    checkpoint_dir: str = "runs/imagenet"
+    """the run directory: config, logs, metrics.jsonl and checkpoints go here."""
+    resume: bool = True
+    """continue from the newest checkpoint in checkpoint_dir when there is one."""
+    initial_model_path: str = ""
+    """initial weights: saved here on the first start and loaded on every later one, so each
+    run of a config starts from the same init; empty means <checkpoint_dir>/initial_model.pth."""
+    log_every: int = 50
+    """print a progress line every this many training steps (0: only per epoch)."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (safe to store in a checkpoint and load with weights_only)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def field_docs(section_cls: type) -> dict[str, str]:
+    """The docstring under each field of a section (used by `--help` and `rn50 config`)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(section_cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe() -> str:
+    """Every key with its default and meaning, as YAML comments."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"{name}:  # {cls.__doc__}")
+        docs = field_docs(cls)
+        for f in fields(cls):
+            default = yaml.safe_dump(getattr(cls(), f.name), default_flow_style=True).strip()
+            default = default.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"  {f.name}: {default}  # {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check one value against its field type; ints are accepted where floats are expected."""
+    if tp is float and isinstance(value, str):
+        # PyYAML reads 1e-4 (no dot) as a string; a user writing it means the number.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(
+            f"{key} must be {_type_name(tp)}, got {value!r}; fix it in the YAML file or with "
+            f"--set {key}=VALUE"
+        )
+    return float(value) if tp is float else value
+
+
+def _unknown(key: str, choices: typing.Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; known keys: {', '.join(choices)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def merge(cfg: Config, tree: Any, source: str = "config") -> Config:
+    """Apply a nested dict {section: {key: value}} onto cfg, checking every key and type."""
+    if tree is None:
+        return cfg
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (data:, model:, ...)")
+    for section, values in tree.items():
+        if section not in SECTIONS:
+            raise _unknown(str(section), SECTIONS)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{section}' must be a mapping of keys, got {values!r}")
+        part = getattr(cfg, section)
+        types_ = {f.name: f.type for f in fields(part)}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in types_:
+                raise _unknown(dotted, [f"{section}.{k}" for k in types_])
+            setattr(part, key, _coerce(dotted, value, types_[key]))
+    return cfg
+
+
+def parse_override(item: str) -> dict[str, dict[str, Any]]:
+    """'optim.max_lr=0.5' -> {'optim': {'max_lr': 0.5}}; the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE (e.g. optim.max_lr=0.5), got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return {section: {name: value}}
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: typing.Sequence[str] = (),
+    base: Config | None = None,
+) -> Config:
+    """Defaults (or `base`), then the YAML file, then each `--set` override, then validation."""
+    cfg = base or Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(
+                f"config file not found: '{p}'; pass an existing YAML file to --config"
+            )
+        try:
+            tree = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p} is not valid YAML{where}; fix the syntax") from None
+        merge(cfg, tree, source=str(p))
+    for item in overrides:
+        merge(cfg, parse_override(item), source="--set")
+    validate(cfg)
+    return cfg
+
+
+def from_dict(tree: dict) -> Config:
+    """Rebuild a Config stored in a checkpoint (keys no longer known are ignored)."""
+    cfg = Config()
+    for section, values in (tree or {}).items():
+        if section in SECTIONS and isinstance(values, dict):
+            part = getattr(cfg, section)
+            known = {f.name for f in fields(part)}
+            for k, v in values.items():
+                if k in known:
+                    setattr(part, k, v)
+    return cfg
+
+
+def _check(cond: bool, key: str, rule: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {rule}; fix it in the YAML file or with --set {key}=VALUE")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values no run could use, naming the key and the rule."""
+    d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.train
+    _check(d.batch_size >= 1, "data.batch_size", f"must be at least 1, got {d.batch_size}")
+    _check(d.eval_batch_size >= 0, "data.eval_batch_size", "must be 0 (auto) or more")
+    _check(d.workers >= 0, "data.workers", f"must be 0 or more, got {d.workers}")
+    _check(d.resolution >= 16, "data.resolution", f"must be at least 16, got {d.resolution}")
+    _check(0 < d.crop_ratio <= 1, "data.crop_ratio", f"must be in (0, 1], got {d.crop_ratio}")
+    _check(0 < d.min_scale <= 1, "data.min_scale", f"must be in (0, 1], got {d.min_scale}")
+    _check(m.num_classes >= 2, "model.num_classes", f"must be at least 2, got {m.num_classes}")
+    _check(bool(m.arch), "model.arch", "must name a torchvision model")
+    _check(o.optimizer == "sgd", "optim.optimizer", f"must be sgd, got '{o.optimizer}'")
+    _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be 0 or more, got {o.weight_decay}")
+    _check(o.max_lr > 0, "optim.max_lr", f"must be positive, got {o.max_lr}")
+    _check(0 < o.pct_start < 1, "optim.pct_start", f"must be in (0, 1), got {o.pct_start}")
+    if o.three_phase:
+        _check(o.pct_start < 0.5, "optim.pct_start", "must be below 0.5 when three_phase is true")
+    _check(o.div_factor > 0, "optim.div_factor", f"must be positive, got {o.div_factor}")
+    _check(
+        o.final_div_factor >= 1,
+        "optim.final_div_factor",
+        f"must be at least 1, got {o.final_div_factor} (final LR = initial LR / final_div_factor, "
+        f"so below 1 the cycle would end above where it started)",
+    )
+    _check(0 <= o.base_momentum < 1, "optim.base_momentum", "must be in [0, 1)")
+    _check(0 <= o.max_momentum < 1, "optim.max_momentum", "must be in [0, 1)")
+    _check(
+        o.base_momentum <= o.max_momentum,
+        "optim.base_momentum",
+        f"must not exceed optim.max_momentum ({o.max_momentum})",
+    )
+    _check(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
+    _check(t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
+    _check(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        "train.device",
+        f"must be auto, cpu or cuda[:N], got '{t.device}'",
+    )
+    _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+    _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
+    _check(t.log_every >= 0, "train.log_every", "must be 0 or more")
+
+
+def check_data_dir(cfg: DataConfig) -> Path:
+    """The data directory as a Path, or a one-line error saying how to get one."""
+    p = Path(cfg.data_dir).expanduser()
+    if not p.is_dir():
+        raise ConfigError(
+            f"data.data_dir: no such directory '{p}'; set data.data_dir to your ImageNet folder "
+            f"(or run 'rn50 data demo {p}' for the small demo dataset)"
+        )
+    return p

@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, checkpoint), with the fix in its message."""
+
+
+class ConfigError(UserError):
+    """An unknown key, a wrong type or an impossible value in a config."""
+
+
+class DataError(UserError):
+    """A dataset that is missing or laid out in a way rn50 cannot read."""
+
+
+class CheckpointError(UserError):
+    """A file that is not an rn50 checkpoint, or one that does not fit the run."""

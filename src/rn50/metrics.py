@@ -1,0 +1,68 @@
+"""Top-k accuracy and running sums that are exact across batches and ranks.
+
+Sums are kept as counts (correct predictions, images, loss x images) and only divided at
+the end, so a mean over ranks or uneven batches is never an average of averages.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def topk_correct(
+    logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> list[int]:
+    """How many rows have their target among the k highest logits, for each k.
+
+    k larger than the number of classes counts every row (as with 10-class data and top-5).
+    """
+    return [int(c) for c in topk_correct_tensor(logits, targets, ks)]
+
+
+def topk_correct_tensor(
+    logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
+) -> torch.Tensor:
+    """Like topk_correct, as a float64 tensor on the logits' device (no host sync)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices  # (N, kmax), best first
+    hit = top.eq(targets.view(-1, 1))  # at most one True per row
+    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]).double()
+
+
+class Meter:
+    """Sums of loss x images, top-1 hits, top-5 hits and images, on the device."""
+
+    FIELDS = ("loss", "top1", "top5")
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """`loss` is the batch mean; it is weighted by the batch size."""
+        n = targets.shape[0]
+        hits = topk_correct_tensor(logits.detach(), targets, (1, 5))
+        self.sums += torch.stack(
+            [loss.detach().double() * n, hits[0], hits[1], self.sums.new_tensor(n)]
+        )
+
+    def all_reduce(self) -> "Meter":
+        """Sum the counts of every rank (a no-op in a single process)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+        return self
+
+    @property
+    def count(self) -> int:
+        return int(self.sums[3])
+
+    def summary(self) -> dict[str, float]:
+        """{'loss': mean loss, 'top1': %, 'top5': %, 'count': images}."""
+        loss, top1, top5, n = self.sums.tolist()
+        n_ = max(n, 1.0)
+        return {
+            "loss": loss / n_,
+            "top1": 100.0 * top1 / n_,
+            "top5": 100.0 * top5 / n_,
+            "count": int(n),
+        }

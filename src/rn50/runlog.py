@@ -1,0 +1,80 @@
+"""The run directory's records: text log, metrics.jsonl and the resolved config.
+
+Only the process that owns the run dir (rank 0) writes; the others get a RunLog that
+neither prints nor writes, so calling code needs no rank checks.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rn50.fileio import atomic_write_text
+
+
+class RunLog:
+    """Prints each message and appends it to training_log_<timestamp>.txt in the run dir."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.log_path: Path | None = None
+        self._file = None
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d_%H%M%S")
+            self.log_path = self.run_dir / f"training_log_{stamp}.txt"
+            self._file = open(self.log_path, "a", buffering=1)  # line-buffered: survives a kill
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def log(self, message: str = "") -> None:
+        if not self.enabled:
+            return
+        print(message, flush=True)
+        self._file.write(message + "\n")
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+            self._file.write(f"warning: {message}\n")
+
+    def write_config(self, yaml_text: str) -> None:
+        if self.enabled:
+            atomic_write_text(self.run_dir / "config.yaml", yaml_text)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON object per line; flushed and fsynced so a killed run keeps it."""
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def drop_metrics_after(self, epoch: int) -> None:
+        """On resume from epoch N, forget records of later epochs (their checkpoint was lost)."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        kept = [r for r in read_metrics(self.metrics_path) if r.get("epoch", 0) <= epoch]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of metrics.jsonl; a torn last line (a kill mid-write) is ignored."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

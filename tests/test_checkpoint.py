@@ -1,0 +1,95 @@
+import pickle
+
+import pytest
+import torch
+
+from rn50.checkpoint import (
+    check_classes,
+    copy_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rn50.errors import CheckpointError
+from rn50.fileio import atomic_write_text
+
+
+def test_round_trip_keeps_every_tensor_and_value(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    state = {
+        "epoch": 3,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "best_top1": 41.5,
+        "classes": ["a", "b"],
+        "config": {"train": {"epochs": 5}},
+    }
+    path = save_checkpoint(state, tmp_path / "checkpoint_epoch_003.pth")
+    back = load_checkpoint(path)
+    assert back["epoch"] == 3 and back["best_top1"] == 41.5 and back["classes"] == ["a", "b"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(back["model"][k], v), k
+    buf = back["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(buf, opt.state_dict()["state"][0]["momentum_buffer"])
+    assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_latest_is_highest_epoch_not_newest_file(tmp_path):
+    for n in (2, 10, 9):
+        save_checkpoint({"model": {}}, tmp_path / f"checkpoint_epoch_{n:03d}.pth")
+    (tmp_path / ".checkpoint_epoch_011.pth.tmp123").write_bytes(b"partial")
+    (tmp_path / "model_best.pth").write_bytes(b"x")
+    assert latest_checkpoint(tmp_path).name == "checkpoint_epoch_010.pth"
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_copy_is_identical(tmp_path):
+    src = save_checkpoint({"model": {"w": torch.arange(5)}}, tmp_path / "a.pth")
+    dst = copy_checkpoint(src, tmp_path / "model_best.pth")
+    assert dst.read_bytes() == src.read_bytes()
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle_exploit", "foreign_dict", "missing"])
+def test_bad_files_give_one_line_checkpoint_error(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.pth"
+    if kind == "text":
+        path.write_text("hello, not a checkpoint\n")
+    elif kind == "pickle_exploit":
+        path.write_bytes(pickle.dumps({"model": _Exploit()}))
+    elif kind == "foreign_dict":
+        torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and "bad.pth" in str(e.value)
+    assert not (tmp_path / "PWNED").exists(), "loading ran code from the file"
+
+
+def test_class_count_mismatch_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="trained for 10 classes but this run has 1000"):
+        check_classes({"classes": [str(i) for i in range(10)]}, 1000, "x.pth")
+    check_classes({"classes": ["a", "b"]}, 2, "x.pth")
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "config.yaml"
+    atomic_write_text(target, "old\n")
+
+    def explode(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    from rn50.fileio import atomic_write_with
+
+    with pytest.raises(OSError):
+        atomic_write_with(target, explode)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -1,0 +1,166 @@
+"""End-to-end training on a tiny real-JPEG dataset: outputs, best model, resume, eval."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rn50.checkpoint import load_checkpoint
+from rn50.cli import main
+from rn50.engine import fit, initial_weights
+from rn50.errors import CheckpointError
+from rn50.model import build_model
+from rn50.runlog import RunLog, read_metrics
+from tests.conftest import tiny_config
+
+TIMING_KEYS = {"train_time_s", "val_time_s", "epoch_time_s", "images_per_s"}
+
+
+def without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_data):
+    """An uninterrupted 2-epoch run, in this process, with 2 data workers."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    fit(tiny_config(tiny_data, run_dir, data={"workers": 2}))
+    return run_dir
+
+
+def test_run_dir_layout_and_records(straight_run):
+    names = sorted(p.name for p in straight_run.iterdir())
+    assert "config.yaml" in names and "metrics.jsonl" in names and "initial_model.pth" in names
+    assert "checkpoint_epoch_001.pth" in names and "checkpoint_epoch_002.pth" in names
+    assert any(n.startswith("training_log_") and n.endswith(".txt") for n in names)
+    records = read_metrics(straight_run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["step"] for r in records] == [6, 12]  # 48 images / batch 8 = 6 steps an epoch
+    assert all(r["val_images"] == 12 and r["train_images"] == 48 for r in records)
+    state = load_checkpoint(straight_run / "checkpoint_epoch_002.pth")
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "best_top1",
+        "config",
+        "classes",
+        "names",
+    } <= state.keys()
+    assert state["epoch"] == 2 and state["classes"] == ["class_0", "class_1", "class_2"]
+    assert state["config"]["data"]["batch_size"] == 8
+
+
+def test_best_model_is_the_epoch_with_highest_val_top1(straight_run):
+    records = read_metrics(straight_run / "metrics.jsonl")
+    best = max(records, key=lambda r: (r["val_top1"], -r["epoch"]))  # first of equals wins
+    state = load_checkpoint(straight_run / "model_best.pth")
+    assert state["epoch"] == best["epoch"]
+    assert state["best_top1"] == best["val_top1"]
+    log = next(straight_run.glob("training_log_*.txt")).read_text()
+    assert f"Saved checkpoint to: {straight_run}/checkpoint_epoch_002.pth" in log
+    assert f"New best accuracy: Top-1 {best['val_top1']:.2f}% (epoch {best['epoch']})" in log
+
+
+def test_eval_command_matches_the_logged_val_metrics(straight_run, capsys):
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(straight_run / "checkpoint_epoch_002.pth"),
+            "--set",
+            "data.workers=0",
+        ]
+    )
+    out = capsys.readouterr().out
+    r = read_metrics(straight_run / "metrics.jsonl")[1]
+    assert rc == 0
+    assert (
+        f"Val Loss: {r['val_loss']:.4f} Top-1: {r['val_top1']:.2f}% "
+        f"Top-5: {r['val_top5']:.2f}%" in out
+    )
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(straight_run, tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "run.yaml"
+    # workers=0 here, 2 in the straight run: the data stream must not depend on them.
+    config_file.write_text(tiny_config(tiny_data, run_dir).to_yaml())
+    cmd = [sys.executable, "-m", "rn50", "train", "--config", str(config_file)]
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = run_dir / "checkpoint_epoch_001.pth"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists(), proc.stderr.read().decode()
+    assert not (run_dir / "checkpoint_epoch_002.pth").exists(), "kill came too late to test"
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Loaded checkpoint '{first}' (epoch 1)" in resumed.stdout
+    assert "Previous best accuracy: " in resumed.stdout
+
+    a = read_metrics(straight_run / "metrics.jsonl")
+    b = read_metrics(run_dir / "metrics.jsonl")
+    assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
+    assert_same_weights(
+        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
+        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
+    )
+
+
+def test_finished_run_resumes_to_nothing(straight_run, tiny_data, capsys):
+    before = (straight_run / "metrics.jsonl").read_text()
+    fit(tiny_config(tiny_data, straight_run))
+    assert "Training already complete" in capsys.readouterr().out
+    assert (straight_run / "metrics.jsonl").read_text() == before
+
+
+def test_changed_schedule_is_refused_on_resume(straight_run, tiny_data):
+    with pytest.raises(CheckpointError, match="schedule of 12 steps but this config plans 18"):
+        fit(tiny_config(tiny_data, straight_run, train={"epochs": 3}))
+
+
+def test_initial_weights_are_saved_once_and_reused(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "run").train
+    log = RunLog(tmp_path / "run", enabled=False)
+    torch.manual_seed(0)
+    first = build_model(tiny_config(tmp_path, tmp_path).model)
+    initial_weights(first, cfg, log)  # saves
+    assert (tmp_path / "run" / "initial_model.pth").exists()
+    torch.manual_seed(1)  # a different init ...
+    second = build_model(tiny_config(tmp_path, tmp_path).model)
+    initial_weights(second, cfg, log)  # ... replaced by the saved one
+    assert_same_weights(first.state_dict(), second.state_dict())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_trains(tiny_data, tmp_path, precision):
+    cfg = tiny_config(
+        tiny_data,
+        tmp_path / "run",
+        train={"epochs": 1, "precision": precision},
+        model={"arch": "resnet18", "channels_last": precision != "fp32"},
+    )
+    record = fit(cfg)
+    assert record["epoch"] == 1 and record["train_images"] == 48
+    assert torch.isfinite(torch.tensor(record["train_loss"]))
+    scaler = load_checkpoint(tmp_path / "run" / "checkpoint_epoch_001.pth")["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # only fp16 scales the loss
+    saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert saved == record

@@ -1,0 +1,102 @@
+"""The one-cycle schedule, checked against its formula written out independently."""
+
+import math
+
+import pytest
+import torch
+
+from rn50.config import OptimConfig
+from rn50.optim import build_optimizer, build_scheduler, current_lr, current_momentum
+
+
+def expected(step: int, total: int, c: OptimConfig) -> tuple[float, float]:
+    """LR and momentum at `step` (0-based) of OneCycleLR's cosine schedule, from the paper.
+
+    Phase ends are at pct_start*total - 1 (and 2*pct_start*total - 2 with three phases),
+    the last step is total - 1.
+    """
+    lo = c.max_lr / c.div_factor
+    final = lo / c.final_div_factor
+    up_end = c.pct_start * total - 1
+    if c.three_phase:
+        phases = [
+            (up_end, lo, c.max_lr, c.max_momentum, c.base_momentum),
+            (2 * c.pct_start * total - 2, c.max_lr, lo, c.base_momentum, c.max_momentum),
+            (total - 1, lo, final, c.max_momentum, c.max_momentum),
+        ]
+    else:
+        phases = [
+            (up_end, lo, c.max_lr, c.max_momentum, c.base_momentum),
+            (total - 1, c.max_lr, final, c.base_momentum, c.max_momentum),
+        ]
+
+    def cos(a, b, pct):
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+
+    start = 0.0
+    for end, lr0, lr1, m0, m1 in phases:
+        if step <= end or end == phases[-1][0]:
+            pct = (step - start) / (end - start)
+            return cos(lr0, lr1, pct), cos(m0, m1, pct)
+        start = end
+    raise AssertionError
+
+
+@pytest.mark.parametrize("three_phase", [True, False])
+def test_lr_and_momentum_at_every_step(three_phase):
+    c = OptimConfig(
+        max_lr=0.8,
+        pct_start=0.25,
+        div_factor=20,
+        final_div_factor=100,
+        three_phase=three_phase,
+        base_momentum=0.8,
+        max_momentum=0.9,
+    )
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, c)
+    total = 40
+    sched = build_scheduler(opt, c, total)
+    for step in range(total):
+        lr, mom = expected(step, total, c)
+        assert current_lr(opt) == pytest.approx(lr, rel=1e-9, abs=1e-12), step
+        assert current_momentum(opt) == pytest.approx(mom, rel=1e-9), step
+        opt.step()
+        sched.step()
+    # Landmarks, by hand: starts at max_lr/div, peaks at max_lr, ends at lo/final_div.
+    assert expected(0, total, c)[0] == pytest.approx(0.04)
+    assert expected(9, total, c)[0] == pytest.approx(0.8)
+    assert expected(39, total, c)[0] == pytest.approx(0.04 / 100)
+
+
+def test_schedule_continues_exactly_after_state_round_trip():
+    c = OptimConfig(max_lr=0.5)
+    total = 30
+
+    def fresh():
+        model = torch.nn.Linear(2, 2)
+        opt = build_optimizer(model, c)
+        return opt, build_scheduler(opt, c, total)
+
+    opt, sched = fresh()
+    straight = []
+    for _ in range(total - 1):
+        opt.step()
+        sched.step()
+        straight.append((current_lr(opt), current_momentum(opt)))
+
+    opt, sched = fresh()
+    resumed = []
+    for _ in range(12):
+        opt.step()
+        sched.step()
+        resumed.append((current_lr(opt), current_momentum(opt)))
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+    opt, sched = fresh()
+    opt.load_state_dict(saved_opt)
+    sched.load_state_dict(saved_sched)
+    for _ in range(total - 1 - 12):
+        opt.step()
+        sched.step()
+        resumed.append((current_lr(opt), current_momentum(opt)))
+    assert resumed == straight

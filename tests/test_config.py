@@ -61,7 +61,7 @@ def test_round_trip_through_dict():
     [
         ("optim.max_lrr=1", "unknown config key 'optim.max_lrr' (did you mean 'optim.max_lr'?)"),
         ("optimizer.max_lr=1", "unknown config key 'optimizer'"),
-        ("optim.max_lr=fast", "optim.max_lr must be a number, got 'fast'"),
+        ("optim.max_lr=fast", "optim.max_lr must be a number or auto, got 'fast'"),
         ("data.batch_size=12.5", "data.batch_size must be an integer"),
         ("optim.three_phase=maybe", "optim.three_phase must be true or false"),
         ("optim.pct_start=1.5", "optim.pct_start must be in (0, 1)"),

@@ -12,6 +12,7 @@ config is written to every run dir and stored in every checkpoint.
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,8 +72,9 @@ class OptimConfig:
     """Nesterov momentum."""
     weight_decay: float = 1e-4
     """L2 penalty applied by SGD to every parameter."""
-    max_lr: float = 0.675
-    """peak learning rate of the cycle (the reference run's; find yours with an LR range test)."""
+    max_lr: float | str = 0.675
+    """peak learning rate of the cycle (the reference run's), or auto: run the LR range test
+    (see lr_finder) before training and use its suggestion."""
     pct_start: float = 0.3
     """fraction of all steps spent warming up from max_lr/div_factor to max_lr."""
     div_factor: float = 25.0
@@ -87,6 +89,28 @@ class OptimConfig:
     """momentum at the LR peak."""
     max_momentum: float = 0.95
     """momentum at the start and end of the cycle."""
+
+
+@dataclass
+class LRFinderConfig:
+    """The LR range test (rn50 lr-find, or optim.max_lr: auto): an exponential LR sweep over
+    real training steps, stopped when the loss diverges."""
+
+    start_lr: float = 1e-7
+    """LR of the first sweep step."""
+    end_lr: float = 10.0
+    """LR of the last sweep step."""
+    num_iter: int = 100
+    """sweep steps (one batch each); the LR grows by (end_lr/start_lr)^(1/(num_iter-1))."""
+    smooth_beta: float = 0.98
+    """weight of the past in the exponential moving average of the loss."""
+    diverge_factor: float = 4.0
+    """stop when the smoothed loss exceeds this multiple of its best value."""
+    rule: str = "steepest"
+    """how max_lr is suggested: steepest (steepest descent of the smoothed loss before its
+    minimum) or minimum (the LR of the lowest smoothed loss / min_divisor)."""
+    min_divisor: float = 10.0
+    """divisor of the minimum rule."""
 
 
 @dataclass
@@ -121,6 +145,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -133,6 +158,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RULES = ("steepest", "minimum")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:
@@ -169,31 +195,43 @@ def describe() -> str:
 
 
 def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, str(tp)
     )
 
 
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check one value against its field type; ints are accepted where floats are expected."""
-    if tp is float and isinstance(value, str):
-        # PyYAML reads 1e-4 (no dot) as a string; a user writing it means the number.
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = (
-        (tp is bool and isinstance(value, bool))
-        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
+    """Check one value against its field type; ints are accepted where floats are expected.
+
+    A union such as `float | str` takes the first member type the value fits.
+    """
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    for option in options:
+        candidate = value
+        if option is float and isinstance(value, str):
+            # PyYAML reads 1e-4 (no dot) as a string; a user writing it means the number.
+            try:
+                candidate = float(value)
+            except ValueError:
+                continue
+        if _matches(candidate, option):
+            return float(candidate) if option is float else candidate
+    raise ConfigError(
+        f"{key} must be {_type_name(tp)}, got {value!r}; fix it in the YAML file or with "
+        f"--set {key}=VALUE"
     )
-    if not ok:
-        raise ConfigError(
-            f"{key} must be {_type_name(tp)}, got {value!r}; fix it in the YAML file or with "
-            f"--set {key}=VALUE"
-        )
-    return float(value) if tp is float else value
 
 
 def _unknown(key: str, choices: typing.Iterable[str]) -> ConfigError:
@@ -296,7 +334,10 @@ def validate(cfg: Config) -> None:
     _check(o.optimizer == "sgd", "optim.optimizer", f"must be sgd, got '{o.optimizer}'")
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be 0 or more, got {o.weight_decay}")
-    _check(o.max_lr > 0, "optim.max_lr", f"must be positive, got {o.max_lr}")
+    if isinstance(o.max_lr, str):
+        _check(o.max_lr == "auto", "optim.max_lr", f"must be a number or auto, got '{o.max_lr}'")
+    else:
+        _check(o.max_lr > 0, "optim.max_lr", f"must be positive, got {o.max_lr}")
     _check(0 < o.pct_start < 1, "optim.pct_start", f"must be in (0, 1), got {o.pct_start}")
     if o.three_phase:
         _check(o.pct_start < 0.5, "optim.pct_start", "must be below 0.5 when three_phase is true")
@@ -314,6 +355,14 @@ def validate(cfg: Config) -> None:
         "optim.base_momentum",
         f"must not exceed optim.max_momentum ({o.max_momentum})",
     )
+    f = cfg.lr_finder
+    _check(f.start_lr > 0, "lr_finder.start_lr", f"must be positive, got {f.start_lr}")
+    _check(f.end_lr > f.start_lr, "lr_finder.end_lr", "must be larger than lr_finder.start_lr")
+    _check(f.num_iter >= 10, "lr_finder.num_iter", f"must be at least 10, got {f.num_iter}")
+    _check(0 <= f.smooth_beta < 1, "lr_finder.smooth_beta", "must be in [0, 1)")
+    _check(f.diverge_factor > 1, "lr_finder.diverge_factor", "must be above 1")
+    _check(f.rule in RULES, "lr_finder.rule", f"must be one of {', '.join(RULES)}")
+    _check(f.min_divisor >= 1, "lr_finder.min_divisor", "must be at least 1")
     _check(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
     _check(t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
     _check(

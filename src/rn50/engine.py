@@ -79,6 +79,15 @@ def autocast(rt: Runtime):
     return torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None)
 
 
+def allow_skipped_steps() -> None:
+    """Silence torch's warning that the scheduler stepped without the optimizer.
+
+    That happens when fp16's scaler skips an overflowing step, and it is intended here: the
+    LR schedule counts batches, applied or not.
+    """
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+
+
 def train_step(model, images, targets, criterion, optimizer, scaler, scheduler, rt: Runtime):
     """One optimizer step; returns the batch's mean loss and logits (detached)."""
     with autocast(rt):
@@ -110,9 +119,7 @@ def train_one_epoch(
     steps = len(loader)
     start = tick = time.perf_counter()
     seen_since_tick = 0
-    # When fp16's scaler skips an overflowing step, torch warns that the scheduler stepped
-    # without the optimizer; that is intended here (the LR schedule counts batches).
-    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+    allow_skipped_steps()
     for step, (images, targets) in enumerate(loader, 1):
         images, targets = to_device(images, targets, rt.device, rt.channels_last)
         loss, logits = train_step(
@@ -222,15 +229,8 @@ class Progress:
     best_epoch: int = 0
 
 
-def resume(
-    run_dir: Path, model, optimizer, scheduler, scaler, num_classes: int, log: RunLog
-) -> Progress:
-    """Restore everything from the newest epoch checkpoint in run_dir, if there is one."""
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        return Progress()
-    state = load_checkpoint(path)
-    check_classes(state, num_classes, path)
+def restore(path: Path, state: dict, model, optimizer, scheduler, scaler, log: RunLog) -> Progress:
+    """Put a run back where checkpoint `state` (read from `path`) left it."""
     planned, stored = scheduler.total_steps, state["scheduler"].get("total_steps")
     if stored != planned:
         raise CheckpointError(
@@ -249,6 +249,17 @@ def resume(
     return progress
 
 
+def choose_max_lr(cfg: Config, saved: dict | None, model, loader, rt: Runtime, log) -> float:
+    """optim.max_lr: auto -> the resumed run's value, or a fresh LR range test's suggestion."""
+    if saved is not None:
+        lr = saved["config"]["optim"]["max_lr"]
+        log.log(f"max_lr: auto -> {lr:.4g} (chosen when this run started)")
+        return lr
+    from rn50.lr_finder import find_max_lr
+
+    return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log).max_lr
+
+
 def fit(cfg: Config) -> dict:
     """Train cfg.train.epochs epochs (resuming when asked), evaluating and saving every epoch.
 
@@ -261,7 +272,6 @@ def fit(cfg: Config) -> dict:
     log.log(f"Dataset: {index.root} ({index.layout} layout)")
     log.log(f"Number of training samples: {len(index.train)}")
     log.log(f"Number of validation samples: {len(index.val)}")
-    log.write_config(cfg.to_yaml())
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     train_data = train_loader(cfg.data, index, cfg.train.seed, rt)
@@ -269,13 +279,20 @@ def fit(cfg: Config) -> dict:
     initial_weights(model, cfg.train, log)
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     model.to(rt.device, memory_format=memory_format)
+    last = latest_checkpoint(run_dir) if cfg.train.resume else None
+    saved = load_checkpoint(last) if last else None
+    if saved is not None:
+        check_classes(saved, cfg.model.num_classes, last)
+    if cfg.optim.max_lr == "auto":
+        cfg.optim.max_lr = choose_max_lr(cfg, saved, model, train_data, rt, log)
+    log.write_config(cfg.to_yaml())  # resolved: max_lr is a number from here on
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs * len(train_data))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
     progress = Progress()
-    if cfg.train.resume:
-        progress = resume(run_dir, model, optimizer, scheduler, scaler, cfg.model.num_classes, log)
+    if saved is not None:
+        progress = restore(last, saved, model, optimizer, scheduler, scaler, log)
 
     log.log(
         f"Using {precision_name(rt)} precision" + (" with loss scaling" if rt.use_scaler else "")

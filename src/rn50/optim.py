@@ -6,11 +6,14 @@ from torch import nn
 from rn50.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD over all parameters. The LR given here is replaced by the schedule at once."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """SGD over all parameters, starting at `lr` (default: the one-cycle start, max_lr /
+    div_factor; the schedule sets it again at once)."""
     return torch.optim.SGD(
         model.parameters(),
-        lr=cfg.max_lr / cfg.div_factor,
+        lr=cfg.max_lr / cfg.div_factor if lr is None else lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
         weight_decay=cfg.weight_decay,

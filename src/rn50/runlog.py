@@ -69,6 +69,16 @@ class RunLog:
             self._file = None
 
 
+class ConsoleLog:
+    """The RunLog interface for commands that only print (e.g. rn50 lr-find)."""
+
+    def log(self, message: str = "") -> None:
+        print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of metrics.jsonl; a torn last line (a kill mid-write) is ignored."""
     records = []

@@ -10,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 $(BIN)/rn50: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q $(TORCH_PINS) -e '.[demo,test]'
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH_PINS) -e '.[demo,serve,test]'
 	touch $@
 
 demo: $(BIN)/rn50

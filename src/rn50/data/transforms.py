@@ -4,16 +4,27 @@ worker-to-GPU copy 4x smaller."""
 
 import math
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`img` as 8-bit RGB; unlike Image.convert("RGB"), 16-bit values are scaled, not clipped.
+
+    (convert() clips I;16 values above 255, so most of a 16-bit photo turns white.)
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        pixels = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Decode an image file to RGB (CMYK, grayscale, palette and PNG files included)."""
+    """Decode an image file to RGB (CMYK, grayscale, 16-bit, palette and PNG files included)."""
     with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+        return to_rgb(Image.open(f))
 
 
 def eval_resize_size(resolution: int, crop_ratio: float) -> int:

@@ -57,3 +57,28 @@ def tiny_config(data_dir: Path, run_dir: Path, **sections) -> Config:
     for section, values in sections.items():
         overrides += [f"{section}.{k}={v}" for k, v in values.items()]
     return load_config(None, overrides)
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, tiny_data):
+    """An uninterrupted 2-epoch ResNet-50 run on tiny_data, in this process, 2 data workers."""
+    from rn50.engine import fit
+
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    fit(tiny_config(tiny_data, run_dir, data={"workers": 2}))
+    return run_dir
+
+
+TIMING_KEYS = {"train_time_s", "val_time_s", "epoch_time_s", "images_per_s"}
+
+
+def without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"

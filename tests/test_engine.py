@@ -15,27 +15,7 @@ from rn50.engine import fit, initial_weights
 from rn50.errors import CheckpointError
 from rn50.model import build_model
 from rn50.runlog import RunLog, read_metrics
-from tests.conftest import tiny_config
-
-TIMING_KEYS = {"train_time_s", "val_time_s", "epoch_time_s", "images_per_s"}
-
-
-def without_timing(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, tiny_data):
-    """An uninterrupted 2-epoch run, in this process, with 2 data workers."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    fit(tiny_config(tiny_data, run_dir, data={"workers": 2}))
-    return run_dir
+from tests.conftest import assert_same_weights, tiny_config, without_timing
 
 
 def test_run_dir_layout_and_records(straight_run):
@@ -164,3 +144,15 @@ def test_each_precision_trains(tiny_data, tmp_path, precision):
     assert bool(scaler) == (precision == "fp16")  # only fp16 scales the loss
     saved = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert saved == record
+
+
+def test_skip_list_leaves_files_out_of_training(tiny_data, tmp_path):
+    skip = tmp_path / "skip.txt"
+    skip.write_text("# unreadable files\ntrain/class_0/img_000.jpg\ntrain/class_2/img_003.jpg\n"
+                    "val/class_1/img_017.jpg\n")
+    cfg = tiny_config(tiny_data, tmp_path / "run", data={"skip_list": str(skip)})
+    from rn50.engine import load_index
+
+    index = load_index(cfg.data, 3)
+    assert (len(index.train), len(index.val)) == (46, 11)
+    assert not any(p.endswith("class_0/img_000.jpg") for p, _ in index.train)

@@ -4,6 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads
 `torch.load(weights_only=True)`: nothing in it can run code on the machine that opens it.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rn50.errors import CheckpointError
+from rn50.errors import CheckpointError, StorageError
 from rn50.fileio import atomic_open, atomic_write_with
 
 FORMAT = "rn50-checkpoint"
@@ -28,6 +29,11 @@ def best_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "model_best.pth"
 
 
+def last_path(run_dir: str | os.PathLike) -> Path:
+    """The rolling mid-epoch checkpoint."""
+    return Path(run_dir) / "last.pth"
+
+
 def plain_state(state: dict) -> dict:
     """Drop entries weights_only loading would refuse (callables some torch versions keep)."""
     return {k: v for k, v in state.items() if not callable(v)}
@@ -36,8 +42,30 @@ def plain_state(state: dict) -> dict:
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write `state` (plus the format tag) atomically to `path`."""
     state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write_with(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write_with(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos ..."), so
+        # the free space is what tells: the temporary file is gone, the space it needed is not.
+        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not full and shutil.disk_usage(Path(path).parent).free >= tensor_bytes(state):
+            raise
+        raise StorageError(
+            f"no space left on the device while writing '{path}'; the previous checkpoint is "
+            f"intact: free some space and run the same command to resume"
+        ) from None
     return Path(path)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in a nested dict/list: about the size of the saved file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
@@ -64,11 +92,38 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The checkpoint_epoch_NNN.pth with the highest NNN in run_dir, if any."""
+    files = epoch_checkpoints(run_dir)
+    return files[0] if files else None
+
+
+def epoch_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """checkpoint_epoch_NNN.pth files in run_dir, newest (highest NNN) first."""
     d = Path(run_dir)
     if not d.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), d / name) for name in os.listdir(d) if (m := EPOCH_FILE.match(name))]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def load_resume_state(run_dir: str | os.PathLike, warn) -> tuple[Path, dict] | None:
+    """The furthest-along readable checkpoint in run_dir: last.pth or the newest epoch file.
+
+    An unreadable candidate (a disk error, a file cut short outside rn50) is reported through
+    `warn` and skipped, falling back to the previous good one.
+    """
+    found: list[tuple[Path, dict]] = []
+    candidates = [last_path(run_dir)] if last_path(run_dir).exists() else []
+    for path in candidates + epoch_checkpoints(run_dir):
+        try:
+            found.append((path, load_checkpoint(path)))
+        except CheckpointError as e:
+            warn(f"{e}; falling back to the previous checkpoint")
+            continue
+        if path.name != last_path(run_dir).name:
+            break  # the newest readable epoch file; older ones are behind it
+    if not found:
+        return None
+    return max(found, key=lambda item: item[1].get("global_step", 0))
 
 
 def check_classes(state: dict, num_classes: int, path: str | os.PathLike) -> None:

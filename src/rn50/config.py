@@ -43,6 +43,11 @@ class DataConfig:
     """smallest area fraction RandomResizedCrop may take (torchvision's default)."""
     hflip: bool = True
     """random horizontal flip during training."""
+    max_bad_fraction: float = 0.001
+    """undecodable images are skipped and counted; more than this fraction of an epoch (and
+    more than 10 files) stops the run: a silently corrupted dataset is an error, not noise."""
+    skip_list: str = ""
+    """file listing images to leave out (written by rn50 data check --skip-list); empty: none."""
 
 
 @dataclass
@@ -108,9 +113,15 @@ class LRFinderConfig:
     """stop when the smoothed loss exceeds this multiple of its best value."""
     rule: str = "steepest"
     """how max_lr is suggested: steepest (steepest descent of the smoothed loss before its
-    minimum) or minimum (the LR of the lowest smoothed loss / min_divisor)."""
+    minimum), minimum (the LR of the lowest smoothed loss / min_divisor), edge (the last LR
+    before the loss rises edge_rise above its lowest value so far) or divergence (the LR
+    where the sweep diverged / divergence_divisor)."""
     min_divisor: float = 10.0
     """divisor of the minimum rule."""
+    edge_rise: float = 0.1
+    """relative rise of the loss that marks the edge (0.1 = 10%)."""
+    divergence_divisor: float = 3.0
+    """divisor of the divergence rule."""
 
 
 @dataclass
@@ -136,6 +147,12 @@ class TrainConfig:
     run of a config starts from the same init; empty means <checkpoint_dir>/initial_model.pth."""
     log_every: int = 50
     """print a progress line every this many training steps (0: only per epoch)."""
+    save_every_minutes: float = 10.0
+    """write the rolling last.pth (exact mid-epoch resume) this often; 0: never by time."""
+    save_every_steps: int = 0
+    """also write last.pth every this many steps; 0: never by steps."""
+    max_bad_steps: int = 20
+    """stop when the loss is NaN/inf for this many steps in a row (each such step is skipped)."""
 
 
 @dataclass
@@ -158,7 +175,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-RULES = ("steepest", "minimum")
+RULES = ("steepest", "minimum", "edge", "divergence")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:
@@ -363,6 +380,8 @@ def validate(cfg: Config) -> None:
     _check(f.diverge_factor > 1, "lr_finder.diverge_factor", "must be above 1")
     _check(f.rule in RULES, "lr_finder.rule", f"must be one of {', '.join(RULES)}")
     _check(f.min_divisor >= 1, "lr_finder.min_divisor", "must be at least 1")
+    _check(f.edge_rise > 0, "lr_finder.edge_rise", f"must be positive, got {f.edge_rise}")
+    _check(f.divergence_divisor >= 1, "lr_finder.divergence_divisor", "must be at least 1")
     _check(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
     _check(t.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
     _check(
@@ -373,6 +392,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
     _check(t.log_every >= 0, "train.log_every", "must be 0 or more")
+    _check(t.save_every_minutes >= 0, "train.save_every_minutes", "must be 0 or more")
+    _check(t.save_every_steps >= 0, "train.save_every_steps", "must be 0 or more")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be at least 1")
+    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
 
 
 def check_data_dir(cfg: DataConfig) -> Path:

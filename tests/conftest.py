@@ -82,3 +82,16 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def assert_same_run(run_dir, reference) -> None:
+    """Same per-epoch metrics (times aside) and bit-identical final weights as `reference`."""
+    from rn50.checkpoint import latest_checkpoint, load_checkpoint
+    from rn50.runlog import read_metrics
+
+    a = read_metrics(reference / "metrics.jsonl")
+    b = read_metrics(run_dir / "metrics.jsonl")
+    assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
+    last = latest_checkpoint(reference).name
+    assert_same_weights(load_checkpoint(run_dir / last)["model"],
+                        load_checkpoint(reference / last)["model"])

@@ -121,3 +121,15 @@ def bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
 def noise_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+
+def stop(proc, timeout: float = 15) -> None:
+    """Terminate a server subprocess; kill it if it does not exit within `timeout` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from rn50.predict import Predictor, write_examples
-from tests.serving import bad_files, jpeg_bytes, make_checkpoint, photo
+from tests.serving import bad_files, jpeg_bytes, make_checkpoint, photo, stop
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -86,12 +86,7 @@ def server(ckpt, tmp_path_factory):
             time.sleep(0.5)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 15)
 
 
 @pytest.fixture(scope="module")

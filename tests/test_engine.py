@@ -15,7 +15,7 @@ from rn50.engine import fit, initial_weights
 from rn50.errors import CheckpointError
 from rn50.model import build_model
 from rn50.runlog import RunLog, read_metrics
-from tests.conftest import assert_same_weights, tiny_config, without_timing
+from tests.conftest import assert_same_run, assert_same_weights, tiny_config
 
 
 def test_run_dir_layout_and_records(straight_run):
@@ -95,13 +95,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(straight_run, tiny_data, tm
     assert f"Loaded checkpoint '{first}' (epoch 1)" in resumed.stdout
     assert "Previous best accuracy: " in resumed.stdout
 
-    a = read_metrics(straight_run / "metrics.jsonl")
-    b = read_metrics(run_dir / "metrics.jsonl")
-    assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
-    assert_same_weights(
-        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
-        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
-    )
+    assert_same_run(run_dir, straight_run)
 
 
 def test_finished_run_resumes_to_nothing(straight_run, tiny_data, capsys):

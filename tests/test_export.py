@@ -21,7 +21,7 @@ from rn50 import export
 from rn50.cli import main
 from rn50.predict import Predictor, example_images, load_for_inference, write_examples
 from rn50.space_template.inference import Classifier, ModelInfo, preprocess
-from tests.serving import CLASSES, make_checkpoint
+from tests.serving import CLASSES, make_checkpoint, stop
 
 
 @pytest.fixture(scope="module")
@@ -274,12 +274,7 @@ def test_space_in_a_fresh_venv_answers_like_rn50_predict(
         wait_http(base + "/", proc, 120)
         labels, status = gradio_predict(base, image)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
     names = [t["name"] for t in expected]
     label_names = [c["label"] for c in labels["confidences"]]
     # The page keeps the two "crane"s apart by their ids; other names are shown as they are.

@@ -18,7 +18,7 @@ from rn50.cli import main
 from rn50.errors import StorageError
 from rn50.preempt import EXIT_PREEMPTED
 from rn50.runlog import read_metrics
-from tests.conftest import assert_same_weights, tiny_config, without_timing, write_digit_tree
+from tests.conftest import assert_same_run, tiny_config, write_digit_tree
 
 STEPS = 6  # tiny_data: 48 train images / batch 8
 
@@ -71,14 +71,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(straight_run, tiny_d
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Loaded checkpoint" in out.stdout
-    a = read_metrics(straight_run / "metrics.jsonl")
-    b = read_metrics(run_dir / "metrics.jsonl")
-    assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
-    assert_same_weights(
-        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
-        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
-    )
-    assert not list(run_dir.glob(".*tmp*")) or True  # leftovers of killed saves are harmless
+    assert_same_run(run_dir, straight_run)
 
 
 def test_sigterm_saves_exits_75_and_resumes(straight_run, tiny_data, tmp_path):
@@ -103,10 +96,7 @@ def test_sigterm_saves_exits_75_and_resumes(straight_run, tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"Loaded checkpoint '{saved}' (epoch 1, step {stopped_at}/{STEPS})" in out.stdout
     assert not saved.exists(), "last.pth is superseded by the epoch checkpoint"
-    assert_same_weights(
-        load_checkpoint(run_dir / "checkpoint_epoch_002.pth")["model"],
-        load_checkpoint(straight_run / "checkpoint_epoch_002.pth")["model"],
-    )
+    assert_same_run(run_dir, straight_run)
 
 
 def plant_bad_files(train_dir: Path) -> dict[str, int]:

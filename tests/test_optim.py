@@ -100,3 +100,33 @@ def test_schedule_continues_exactly_after_state_round_trip():
         sched.step()
         resumed.append((current_lr(opt), current_momentum(opt)))
     assert resumed == straight
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, bias=True),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 2),
+    )
+    groups = build_optimizer(model, OptimConfig(weight_decay=0.1)).param_groups
+    shapes = {tuple(p.shape): g["weight_decay"] for g in groups for p in g["params"]}
+    assert shapes == {(4, 3, 3, 3): 0.1, (2, 144): 0.1, (4,): 0.0, (2,): 0.0}
+    assert sum(len(g["params"]) for g in groups) == 6  # conv w+b, bn w+b, fc w+b
+    plain = build_optimizer(model, OptimConfig(weight_decay=0.1, no_bn_weight_decay=False))
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.1]
+
+
+def test_fused_and_plain_sgd_take_the_same_step():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 3)
+    b = torch.nn.Linear(8, 3)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 8)
+    for model, fused in ((a, True), (b, False)):
+        opt = build_optimizer(model, OptimConfig(fused=fused), lr=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    assert torch.allclose(a.weight, b.weight, atol=1e-6)

@@ -76,7 +76,11 @@ class OptimConfig:
     nesterov: bool = False
     """Nesterov momentum."""
     weight_decay: float = 1e-4
-    """L2 penalty applied by SGD to every parameter."""
+    """L2 penalty applied by SGD (to every parameter unless no_bn_weight_decay)."""
+    no_bn_weight_decay: bool = True
+    """no weight decay on BatchNorm weights and biases (the 1-D parameters)."""
+    fused: bool = True
+    """fused SGD update (one kernel for all parameters) where this torch and device have it."""
     max_lr: float | str = 0.675
     """peak learning rate of the cycle (the reference run's), or auto: run the LR range test
     (see lr_finder) before training and use its suggestion."""

@@ -19,7 +19,8 @@ demo: $(BIN)/rn50
 	$(BIN)/rn50 eval --checkpoint runs/demo/model_best.pth
 	@echo
 	@echo "Outputs in runs/demo/: config.yaml, training_log_*.txt, metrics.jsonl,"
-	@echo "checkpoint_epoch_NNN.pth (every epoch) and model_best.pth."
+	@echo "checkpoint_epoch_NNN.pth (every epoch), model_best.pth, curves.png and summary.json."
+	@echo "See them all with: $(BIN)/rn50 runs"
 
 test: $(BIN)/rn50
 	$(BIN)/python -m pytest -q

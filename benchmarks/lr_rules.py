@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rn50.config import RULES, load_config
 from rn50.engine import fit
-from rn50.lr_finder import lr_find, suggest
+from rn50.lr_finder import lr_find, save_plot, suggest
 from rn50.runlog import read_metrics
 
 
@@ -52,6 +52,10 @@ def main() -> None:
             }
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    best = max(rows, key=lambda r: r["best_val_top1"])
+    others = {f"{r['rule']} rule": r["max_lr"] for r in rows if r is not best}
+    cfg.lr_finder.rule = best["rule"]
+    save_plot(sweep, cfg.lr_finder, best["max_lr"], out / "rules.png", others)
     print("\n| rule | suggested max_lr | best val top-1 | final val top-1 |")
     print("| --- | --- | --- | --- |")
     for r in rows:

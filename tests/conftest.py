@@ -85,13 +85,24 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def assert_same_run(run_dir, reference) -> None:
-    """Same per-epoch metrics (times aside) and bit-identical final weights as `reference`."""
+    """Same per-epoch metrics (times aside), per-step LR/momentum series (so curves.png is
+    whole after any kill and resume) and bit-identical final weights as `reference`."""
     from rn50.checkpoint import latest_checkpoint, load_checkpoint
     from rn50.runlog import read_metrics
 
     a = read_metrics(reference / "metrics.jsonl")
     b = read_metrics(run_dir / "metrics.jsonl")
     assert [without_timing(r) for r in b] == [without_timing(r) for r in a]
+    assert read_metrics(run_dir / "steps.jsonl") == read_metrics(reference / "steps.jsonl")
     last = latest_checkpoint(reference).name
     assert_same_weights(load_checkpoint(run_dir / last)["model"],
                         load_checkpoint(reference / last)["model"])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _index_cache_in_tmp(tmp_path_factory):
+    """Dataset index caches (rn50.data.index_cache) go to a temporary folder, not ~/.cache;
+    set in the environment, so rn50 processes the tests start use it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RN50_CACHE_DIR", str(tmp_path_factory.mktemp("rn50-cache")))
+        yield

@@ -33,11 +33,20 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model from scratch (or resume the run in train.checkpoint_dir)."""
-    from rn50.config import load_config
-    from rn50.engine import fit
+    """Train a model from scratch (or resume the run in train.checkpoint_dir).
 
-    fit(load_config(args.config, args.overrides))
+    On several GPUs or machines, launch the same command with torchrun, e.g.
+    torchrun --nproc_per_node=8 -m rn50 train --config FILE: one process per GPU, each
+    training on its share of every global batch (DistributedDataParallel; rank 0 logs and
+    writes the files). See README: Multi-GPU and multi-node.
+    """
+    from rn50 import distributed as dist
+    from rn50.config import load_config
+    from rn50.engine import fit, resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    with dist.process_group(resolve_device(cfg.train.device)):
+        fit(cfg)
     return 0
 
 
@@ -48,9 +57,11 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     lr_finder.num_iter real training steps (same model, data, precision and optimizer as
     training, on a copy of the initial weights), smooths the loss with a bias-corrected
     moving average and stops when it diverges (lr_finder.diverge_factor x its best).
-    Rules (lr_finder.rule): steepest = the LR of the steepest descent of the smoothed loss
-    (after a running median of 5 removes lone spikes) before its minimum; minimum = the LR of
-    the lowest smoothed loss / lr_finder.min_divisor. Writes
+    Rules (lr_finder.rule): divergence (default) = the LR where the sweep diverged /
+    lr_finder.divergence_divisor (3); edge = the last LR before the loss (running median of
+    5) rises lr_finder.edge_rise above its lowest value; steepest = the LR of the steepest
+    descent of the smoothed loss before its minimum; minimum = the LR of the lowest smoothed
+    loss / lr_finder.min_divisor. README.md compares them on real runs. Writes
     lr_finder_<time>_start<a>_end<b>_iter<n>.png and .csv to train.checkpoint_dir.
     Set optim.max_lr: auto to run this before training automatically.
     """
@@ -66,15 +77,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the validation set: val loss, top-1 and top-5.
 
     The checkpoint's own config is used (data, resolution, model); --config and --set change it,
-    e.g. --set data.data_dir=/other/imagenet.
+    e.g. --set data.data_dir=/other/imagenet. Under torchrun each process evaluates its
+    share of the images and rank 0 prints the totals.
     """
+    from rn50 import distributed as dist
     from rn50.checkpoint import load_checkpoint
     from rn50.config import from_dict, load_config
-    from rn50.engine import evaluate_checkpoint
+    from rn50.engine import evaluate_checkpoint, resolve_device
 
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
-    r = evaluate_checkpoint(state, args.checkpoint, cfg)
+    with dist.process_group(resolve_device(cfg.train.device)):
+        r = evaluate_checkpoint(state, args.checkpoint, cfg)
+        if not dist.is_main():
+            return 0
     print(f"Checkpoint: {args.checkpoint} (epoch {state.get('epoch', '?')})")
     print(f"Val images: {r['count']}")
     print(f"Val Loss: {r['loss']:.4f} Top-1: {r['top1']:.2f}% Top-5: {r['top5']:.2f}%")
@@ -225,6 +241,120 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return EXIT_DATA_ERRORS if report.has_errors else 0
 
 
+def cmd_data_show(args: argparse.Namespace) -> int:
+    """Save a grid of the first training images of a config, as the model sees them.
+
+    The images come from the run's own train loader (train.seed, epoch 1): after the random
+    resized crop and flip, normalized as on the device, then mapped back to pixels for display.
+    Each tile is titled with its class name. Default output: <train.checkpoint_dir>/samples.png.
+    """
+    from pathlib import Path
+
+    from rn50.config import load_config
+    from rn50.data.show import show_samples
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or Path(cfg.train.checkpoint_dir) / "samples.png"
+    print(f"Wrote {show_samples(cfg, out, args.count)}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List the runs under DIR (folders with a metrics.jsonl), or overlay their curves.
+
+    The table gives each run's epochs done/planned, best val top-1 (and its epoch), that
+    epoch's top-5, the time trained, images/s and the cost (when train.price_per_gpu_hour was
+    set). --plot RUN [RUN ...] writes val top-1, val loss and train loss per epoch of those
+    run dirs, overlaid, to --out.
+    """
+    from rn50.runs import format_table, load_runs, plot_runs
+
+    if args.plot:
+        print(f"Wrote {plot_runs(args.plot, args.out)}")
+        return 0
+    runs = load_runs(args.dir)
+    if not runs:
+        print(f"No runs under {args.dir} (a run dir holds metrics.jsonl)")
+        return 0
+    print(format_table(runs))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Write a resized copy of a dataset (same layout and names) that decodes faster.
+
+    Images whose longest side is above --max-side are resized to it (Lanczos) and saved as JPEG
+    at --quality; smaller JPEGs are copied byte for byte; CMYK, PNG and other files become RGB
+    JPEGs; unreadable files are left out and listed. Runs in --workers processes with a
+    progress bar, and resumes: run the same command again after an interruption (other
+    settings are refused). The copy's file index is cached, so training on it starts in
+    seconds. Then train with --set data.data_dir=DST.
+    """
+    from rn50.data.prepare import prepare_dataset
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, args.workers,
+                        progress=True)
+    print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
+          f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
+    if s.bad:
+        shown = "\n  ".join(s.bad[:10]) + (f"\n  ... and {len(s.bad) - 10} more"
+                                           if len(s.bad) > 10 else "")
+        print(f"Left out {len(s.bad)} unreadable file(s):\n  {shown}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure training speed: model step, data path, both together; project an ImageNet run.
+
+    model: training steps on synthetic data for each precision, channels_last on/off,
+    torch.compile on/off and batch size. data: the loader alone on ImageNet-like JPEGs made
+    from real photos (or --data-dir's train files), for each decode mode (cpu, gpu, pil) and
+    worker count, against torchvision's ImageFolder + RandomResizedCrop/flip/ToTensor/
+    Normalize. e2e: the model fed by the loader. Then: an ImageNet-1k epoch takes 1,281,167 /
+    min(data, model) img/s, and the run costs hours x --price-per-gpu-hour x --gpus.
+    Medians of --repeats runs. A CPU gets a small matrix unless --full (fp16 and compile
+    there take long); lists given here replace the defaults. --json prints JSON.
+    """
+    import dataclasses
+    import json
+
+    from rn50.bench import (
+        DATA_MODES,
+        PRECISIONS,
+        default_plan,
+        format_report,
+        parse_list,
+        run_bench,
+    )
+    from rn50.config import load_config
+    from rn50.engine import resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    plan = default_plan(cfg, resolve_device(args.device or cfg.train.device), args.full)
+    changes = {
+        "batch_sizes": args.batch_sizes and parse_list(args.batch_sizes, int, "--batch-sizes"),
+        "precisions": args.precisions
+        and parse_list(args.precisions, str, "--precisions", PRECISIONS),
+        "modes": args.modes and parse_list(args.modes, str, "--modes", DATA_MODES),
+        "workers": args.workers and parse_list(args.workers, int, "--workers"),
+        "parts": args.only and parse_list(args.only, str, "--only", ("model", "data", "e2e")),
+        "compile": (False, True) if args.compile else None,
+        "images": args.images, "steps": args.steps, "repeats": args.repeats,
+        "data_dir": args.data_dir, "epochs": args.epochs, "gpus": args.gpus,
+        "price_per_gpu_hour": args.price_per_gpu_hour, "threads": args.threads,
+    }
+    for name in ("images", "steps", "repeats", "epochs", "gpus", "threads"):
+        if changes[name] is not None and changes[name] < 1:
+            raise UserError(f"--{name} must be at least 1, got {changes[name]}")
+    plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
+    say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_bench(plan, log=say)
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rn50.config import describe
 
@@ -315,6 +445,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-paths", type=int, default=10, metavar="N",
                    help="paths shown per list in the text report (default 10)")
     p.set_defaults(func=cmd_data_check)
+
+    p = data_sub.add_parser(
+        "show",
+        help=cmd_data_show.__doc__.splitlines()[0],
+        description=cmd_data_show.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(p)
+    p.add_argument("--out", metavar="FILE",
+                   help="PNG to write (default <checkpoint_dir>/samples.png)")
+    p.add_argument("--count", type=int, default=16, metavar="N",
+                   help="images in the grid (default 16)")
+    p.set_defaults(func=cmd_data_show)
+
+    p = add("runs", cmd_runs)
+    p.add_argument("dir", nargs="?", default="runs", metavar="DIR",
+                   help="folder to search for run dirs (default runs/)")
+    p.add_argument("--plot", nargs="+", metavar="RUN", help="run dirs whose curves to overlay")
+    p.add_argument("--out", default="runs_compare.png", metavar="FILE",
+                   help="PNG for --plot (default runs_compare.png)")
+    p = data_sub.add_parser(
+        "prepare",
+        help=cmd_data_prepare.__doc__.splitlines()[0],
+        description=cmd_data_prepare.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", metavar="SRC", help="dataset root (ImageFolder or Kaggle ILSVRC)")
+    p.add_argument("dst", metavar="DST", help="where to write the copy (new, empty, or resumed)")
+    p.add_argument("--max-side", type=int, default=512, metavar="PX",
+                   help="longest side of the copies (default 512)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes (default: every CPU this process may use)")
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = add("bench", cmd_bench)
+    _config_args(p, required=False)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: train.device)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--full", action="store_true",
+                   help="the whole matrix: fp16 too, compile on and off, more workers/batches")
+    p.add_argument("--only", metavar="PARTS", help="some of model,data,e2e (default all)")
+    p.add_argument("--batch-sizes", metavar="LIST", help="model batch sizes, e.g. 64,128")
+    p.add_argument("--precisions", metavar="LIST", help="some of fp32,bf16,fp16")
+    p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument("--modes", metavar="LIST",
+                   help="data modes: some of torchvision,pil,cpu,gpu (default all)")
+    p.add_argument("--workers", metavar="LIST", help="loader worker counts, e.g. 1,2")
+    p.add_argument("--images", type=int, metavar="N", help="files read per data measurement")
+    p.add_argument("--data-dir", metavar="DIR", help="read this dataset's train files instead")
+    p.add_argument("--steps", type=int, metavar="N", help="timed model steps per repeat")
+    p.add_argument("--repeats", type=int, metavar="N", help="timed runs per figure (median)")
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs of the projected run")
+    p.add_argument("--gpus", type=int, metavar="N", help="devices of the projected run (1)")
+    p.add_argument("--price-per-gpu-hour", type=float, metavar="X",
+                   help="price of one GPU-hour (default: train.price_per_gpu_hour)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads of the model steps (default: torch's choice)")
     return parser
 
 

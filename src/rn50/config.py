@@ -30,13 +30,23 @@ class DataConfig:
     data_dir: str = "data/imagenet"
     """dataset root: an ImageFolder (train/, val/) or the Kaggle ILSVRC layout."""
     batch_size: int = 256
-    """images per optimizer step on each device."""
+    """images per forward/backward pass on each device; the global batch of one optimizer
+    step is batch_size x devices (torchrun processes) x train.accum_steps."""
     eval_batch_size: int = 0
     """images per validation batch; 0 means 2 x batch_size."""
     workers: int = 8
     """data-loading processes per device; 0 decodes in the training process."""
     resolution: int = 224
     """side of the square training and validation crop, in pixels."""
+    eval_resolution: int = 0
+    """validation crop side; 0: the training resolution. A little above it (e.g. 256 after
+    training at 224) often scores better: random crops make objects look larger in training."""
+    min_resolution: int = 0
+    """progressive resizing: first training resolution (e.g. 160); 0: off."""
+    ramp_start_epoch: int = 0
+    """progressive resizing: last epoch trained at min_resolution."""
+    ramp_end_epoch: int = 0
+    """progressive resizing: first epoch trained at the full resolution."""
     crop_ratio: float = 0.875
     """validation resizes the short side to resolution / crop_ratio, then center-crops."""
     min_scale: float = 0.08
@@ -48,6 +58,14 @@ class DataConfig:
     more than 10 files) stops the run: a silently corrupted dataset is an error, not noise."""
     skip_list: str = ""
     """file listing images to leave out (written by rn50 data check --skip-list); empty: none."""
+    decode: str = "cpu"
+    """where images are decoded: cpu (workers decode JPEGs with libjpeg-turbo, DCT-scaled to the
+    crop, and crop/resize/flip in uint8), gpu (workers only read the files; the training device
+    decodes the batch, with nvJPEG on CUDA, and crops/resizes/flips it), or pil (PIL and
+    torchvision's transforms: the plain reference path). All three give the same crops."""
+    index_cache: bool = True
+    """reuse the file list of the last start when no dataset folder changed (seconds instead of
+    minutes for a rescan of 1.28M files); false: rescan every start."""
 
 
 @dataclass
@@ -63,6 +81,10 @@ class ModelConfig:
     zero_init_residual: bool = True
     """start the last BatchNorm of each residual block at zero, so every block begins as the
     identity: faster, steadier early training (Goyal et al. 2017)."""
+    sync_bn: bool = False
+    """under torchrun, BatchNorm statistics over the whole global batch (SyncBatchNorm, CUDA
+    only) instead of each device's own batch: worth its communication when the per-device
+    batch is small (under ~32). No effect in a single process."""
 
 
 @dataclass
@@ -84,6 +106,10 @@ class OptimConfig:
     max_lr: float | str = 0.675
     """peak learning rate of the cycle (the reference run's), or auto: run the LR range test
     (see lr_finder) before training and use its suggestion."""
+    scale_lr: bool = False
+    """linear scaling rule (Goyal et al. 2017): read max_lr as the peak LR for a global batch
+    of 256 and multiply it by global batch / 256 (global batch = data.batch_size x devices x
+    train.accum_steps); false uses max_lr as it is. Not with max_lr: auto."""
     pct_start: float = 0.3
     """fraction of all steps spent warming up from max_lr/div_factor to max_lr."""
     div_factor: float = 25.0
@@ -115,11 +141,11 @@ class LRFinderConfig:
     """weight of the past in the exponential moving average of the loss."""
     diverge_factor: float = 4.0
     """stop when the smoothed loss exceeds this multiple of its best value."""
-    rule: str = "steepest"
-    """how max_lr is suggested: steepest (steepest descent of the smoothed loss before its
-    minimum), minimum (the LR of the lowest smoothed loss / min_divisor), edge (the last LR
-    before the loss rises edge_rise above its lowest value so far) or divergence (the LR
-    where the sweep diverged / divergence_divisor)."""
+    rule: str = "divergence"
+    """how max_lr is suggested (README compares the rules on real runs): divergence (the LR
+    where the sweep diverged / divergence_divisor), edge (the last LR before the loss rises
+    edge_rise above its lowest value so far), steepest (steepest descent of the smoothed loss
+    before its minimum) or minimum (the LR of the lowest smoothed loss / min_divisor)."""
     min_divisor: float = 10.0
     """divisor of the minimum rule."""
     edge_rise: float = 0.1
@@ -137,7 +163,15 @@ class TrainConfig:
     precision: str = "auto"
     """fp16 (with GradScaler), bf16, fp32, or auto: bf16 where supported, else fp16 on CUDA."""
     device: str = "auto"
-    """cuda, cpu, cuda:N, or auto: cuda when available, else cpu."""
+    """cuda, cpu, cuda:N, or auto: cuda when available, else cpu. Under torchrun each process
+    uses GPU LOCAL_RANK of its machine."""
+    accum_steps: int = 1
+    """gradient accumulation: micro-batches of data.batch_size per optimizer step on each
+    device (gradients are all-reduced across devices on the last one only). Keeps the global
+    batch when there are fewer devices or less memory."""
+    compile: bool = False
+    """torch.compile the model before DDP wraps it: faster steps after a slow first one
+    (minutes for ResNet-50); checkpoints hold the plain weights either way."""
     seed: int = 0
     """seeds the initial weights, the data order and the augmentations."""
     label_smoothing: float = 0.0
@@ -150,7 +184,20 @@ class TrainConfig:
     """initial weights: saved here on the first start and loaded on every later one, so each
     run of a config starts from the same init; empty means <checkpoint_dir>/initial_model.pth."""
     log_every: int = 50
-    """print a progress line every this many training steps (0: only per epoch)."""
+    """plain progress line (and TensorBoard step point) every this many training steps; 0:
+    none by steps. The terminal shows a live bar instead (see progress)."""
+    log_every_seconds: float = 60.0
+    """also a plain progress line when this many seconds passed since the last one, so a slow
+    run shows life in a log file; 0: never by time."""
+    progress: str = "auto"
+    """auto (a bar when stderr is a terminal, else plain lines on stdout), bar, lines, or off
+    (no step lines; epoch summaries still print). Always rank 0 only."""
+    tensorboard: bool = False
+    """write TensorBoard scalars (per step and per epoch) to checkpoint_dir; view them with
+    tensorboard --logdir runs/ (needs the tensorboard package)."""
+    price_per_gpu_hour: float = 0.0
+    """what one device costs per hour (any currency); summary.json then gives the run's cost
+    (hours x price x devices). 0: unknown, no cost."""
     save_every_minutes: float = 10.0
     """write the rolling last.pth (exact mid-epoch resume) this often; 0: never by time."""
     save_every_steps: int = 0
@@ -179,7 +226,9 @@ class Config:
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
 RULES = ("steepest", "minimum", "edge", "divergence")
+PROGRESS = ("auto", "bar", "lines", "off")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:
@@ -348,6 +397,22 @@ def validate(cfg: Config) -> None:
     _check(d.eval_batch_size >= 0, "data.eval_batch_size", "must be 0 (auto) or more")
     _check(d.workers >= 0, "data.workers", f"must be 0 or more, got {d.workers}")
     _check(d.resolution >= 16, "data.resolution", f"must be at least 16, got {d.resolution}")
+    _check(
+        d.eval_resolution == 0 or d.eval_resolution >= 16,
+        "data.eval_resolution",
+        "must be 0 (same as resolution) or at least 16",
+    )
+    if d.min_resolution:
+        _check(
+            16 <= d.min_resolution <= d.resolution,
+            "data.min_resolution",
+            f"must be between 16 and data.resolution ({d.resolution}), or 0 for off",
+        )
+        _check(
+            0 <= d.ramp_start_epoch < d.ramp_end_epoch,
+            "data.ramp_end_epoch",
+            "must be larger than data.ramp_start_epoch when min_resolution is set",
+        )
     _check(0 < d.crop_ratio <= 1, "data.crop_ratio", f"must be in (0, 1], got {d.crop_ratio}")
     _check(0 < d.min_scale <= 1, "data.min_scale", f"must be in (0, 1], got {d.min_scale}")
     _check(m.num_classes >= 2, "model.num_classes", f"must be at least 2, got {m.num_classes}")
@@ -396,10 +461,22 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
     _check(t.log_every >= 0, "train.log_every", "must be 0 or more")
+    _check(t.log_every_seconds >= 0, "train.log_every_seconds", "must be 0 or more")
+    _check(t.progress in PROGRESS, "train.progress", f"must be one of {', '.join(PROGRESS)}")
+    _check(t.price_per_gpu_hour >= 0, "train.price_per_gpu_hour", "must be 0 (unknown) or more")
     _check(t.save_every_minutes >= 0, "train.save_every_minutes", "must be 0 or more")
     _check(t.save_every_steps >= 0, "train.save_every_steps", "must be 0 or more")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be at least 1")
+    _check(t.accum_steps >= 1, "train.accum_steps", f"must be at least 1, got {t.accum_steps}")
+    _check(
+        not (o.scale_lr and o.max_lr == "auto"),
+        "optim.scale_lr",
+        "must be false with optim.max_lr: auto (the range test already measures the LR for "
+        "this batch)",
+    )
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    _check(d.decode in DECODE_MODES, "data.decode", f"must be one of {', '.join(DECODE_MODES)}, "
+           f"got '{d.decode}'")
 
 
 def check_data_dir(cfg: DataConfig) -> Path:

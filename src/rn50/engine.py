@@ -1,12 +1,16 @@
 """Training and evaluation: one readable step, one epoch, one evaluation pass, the whole run."""
 
+import dataclasses
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rn50 import distributed as dist
 from rn50.checkpoint import (
@@ -20,17 +24,19 @@ from rn50.checkpoint import (
     plain_state,
     save_checkpoint,
 )
-from rn50.config import Config, DataConfig, TrainConfig, check_data_dir
+from rn50.config import Config, DataConfig, OptimConfig, TrainConfig, check_data_dir
 from rn50.data.batch import to_device
-from rn50.data.layout import DatasetIndex, find_dataset
-from rn50.data.loader import build_loader
-from rn50.data.transforms import EvalTransform, TrainTransform
+from rn50.data.index_cache import load_dataset_index
+from rn50.data.layout import DatasetIndex
+from rn50.data.pipeline import make_loader
 from rn50.errors import CheckpointError, ConfigError, DataError, Diverged
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
 from rn50.optim import build_optimizer, build_scheduler, current_lr, current_momentum
 from rn50.preempt import Preempted, SignalGuard
-from rn50.runlog import RunLog
+from rn50.progress import Reporter, make_reporter
+from rn50.runlog import RunLog, read_metrics
+from rn50.tb import Board
 
 MIN_BAD_BUDGET = 10  # undecodable files an epoch may skip whatever data.max_bad_fraction says
 
@@ -71,7 +77,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_runtime(cfg: Config) -> Runtime:
-    device = resolve_device(cfg.train.device)
+    device = dist.local_device(resolve_device(cfg.train.device))
     return Runtime(device, resolve_precision(cfg.train.precision, device), cfg.model.channels_last)
 
 
@@ -92,21 +98,57 @@ def allow_skipped_steps() -> None:
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
 
 
-def train_step(model, images, targets, criterion, optimizer, scaler, scheduler, rt: Runtime):
-    """One optimizer step; returns the batch's mean loss and logits (detached).
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # mean loss of this rank's micro-batches (detached)
+    logits: torch.Tensor  # of all of them, concatenated (detached)
+    applied: bool  # False: a loss was NaN/inf on some rank, and no rank changed a weight
 
-    A non-finite loss changes no weight (the LR schedule still advances a step).
+
+def grad_sync(model: nn.Module, last: bool):
+    """DDP all-reduces gradients in every backward unless told not to; a step needs it only in
+    the backward of its last micro-batch (the others accumulate locally)."""
+    if last or not isinstance(model, DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
+def train_step(model, batches, criterion, optimizer, scaler, scheduler, rt: Runtime) -> StepResult:
+    """One optimizer step over `batches`, a list of (images, targets) micro-batches.
+
+    Each micro-batch's loss is divided by their number, so the accumulated gradient is that of
+    their mean; DDP then averages it over the ranks. A non-finite loss on any rank changes no
+    weight on any rank (the LR schedule still advances a step).
     """
-    with autocast(rt):
-        logits = model(images)
-        loss = criterion(logits, targets)
     optimizer.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):  # one host sync a step: a NaN must never reach the weights
-        scaler.scale(loss).backward()  # fp16: scaled so small gradients do not underflow
+    losses, logits = [], []
+    for i, (images, targets) in enumerate(batches):
+        with grad_sync(model, last=i == len(batches) - 1):
+            with autocast(rt):
+                out = model(images)
+                loss = criterion(out, targets)
+            scaler.scale(loss / len(batches)).backward()  # fp16: scaled against underflow
+        losses.append(loss.detach())
+        logits.append(out.detach())
+    loss = torch.stack(losses).mean()
+    # One host sync a step: a NaN must never reach the weights. DDP's replicas decide together,
+    # or they would drift apart.
+    finite = torch.isfinite(loss)
+    applied = dist.all_true(finite) if isinstance(model, DistributedDataParallel) else bool(finite)
+    if applied:
         scaler.step(optimizer)  # unscales first; skips the update if a gradient is inf/NaN
         scaler.update()  # lowers the scale after a skipped step, raises it after calm ones
-    scheduler.step()  # one-cycle moves every batch, applied or not
-    return loss.detach(), logits.detach()
+    scheduler.step()  # one-cycle moves every optimizer step, applied or not
+    return StepResult(loss, torch.cat(logits), applied)
+
+
+def micro_batches(loader, n: int):
+    """The loader's batches in lists of `n`: the micro-batches of one optimizer step each."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
 
 
 class BufferGuard:
@@ -130,27 +172,33 @@ class BufferGuard:
 
 
 @torch.no_grad()
-def evaluate(model, loader, rt: Runtime) -> dict:
+def evaluate(model, loader, rt: Runtime, report: Reporter | None = None) -> dict:
     """Loss, top-1 and top-5 over this rank's share of the validation set, summed over ranks.
 
     The loss is plain cross-entropy (no label smoothing), comparable across recipes.
+    `report` shows the pass's progress.
     """
     model.eval()
     meter = Meter(rt.device)
-    for images, targets, bad in loader:
+    for images, targets, bad in report.wrap(loader, meter) if report else loader:
         meter.skip(bad)
         if not len(targets):
             continue
         images, targets = to_device(images, targets, rt.device, rt.channels_last)
         with autocast(rt):
             logits = model(images)
-        meter.update(nn.functional.cross_entropy(logits.float(), targets), logits, targets)
+        # Per-image losses: the sums do not depend on how the images were split into batches
+        # or ranks, so a 2-rank evaluation equals a 1-process one exactly.
+        losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        meter.update(losses, logits, targets)
+        if report:
+            report.step(targets.shape[0])
     return meter.all_reduce().summary()
 
 
 def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
     """Find the dataset and check it against model.num_classes."""
-    index = find_dataset(check_data_dir(cfg))
+    index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
         from rn50.data.doctor import apply_skip_list, read_skip_list
 
@@ -166,35 +214,36 @@ def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
 def eval_loader(cfg: DataConfig, index: DatasetIndex, rt: Runtime):
     if not index.val:
         raise DataError(f"no validation images in {index.root}; add val/ (see README: Data)")
-    return build_loader(
+    return make_loader(
+        cfg,
         index.val,
-        EvalTransform(cfg.resolution, cfg.crop_ratio),
-        cfg.eval_batch_size or 2 * cfg.batch_size,
-        cfg.workers,
         train=False,
+        batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+        device=rt.device,
         rank=dist.rank(),
         world=dist.world_size(),
-        pin_memory=rt.device.type == "cuda",
     )
 
 
-def train_loader(cfg: DataConfig, index: DatasetIndex, seed: int, rt: Runtime):
-    per_rank = len(index.train) // dist.world_size()
-    if per_rank < cfg.batch_size:
+def train_loader(cfg: DataConfig, index: DatasetIndex, seed: int, rt: Runtime, accum: int = 1):
+    """Micro-batches of cfg.batch_size, `accum` per optimizer step, this rank's share."""
+    world = dist.world_size()
+    if len(index.train) < cfg.batch_size * world * accum:
         raise ConfigError(
-            f"data.batch_size ({cfg.batch_size}) is larger than the training images per device "
-            f"({per_rank}); lower data.batch_size"
+            f"data.batch_size ({cfg.batch_size}) x {world} process(es) x train.accum_steps "
+            f"({accum}) is more than the {len(index.train)} training images; lower "
+            f"data.batch_size or train.accum_steps"
         )
-    return build_loader(
+    return make_loader(
+        cfg,
         index.train,
-        TrainTransform(cfg.resolution, cfg.min_scale, cfg.hflip),
-        cfg.batch_size,
-        cfg.workers,
         train=True,
+        batch_size=cfg.batch_size,
+        device=rt.device,
         seed=seed,
         rank=dist.rank(),
-        world=dist.world_size(),
-        pin_memory=rt.device.type == "cuda",
+        world=world,
+        accum=accum,
     )
 
 
@@ -236,6 +285,60 @@ def choose_max_lr(cfg: Config, saved: dict | None, model, loader, rt: Runtime, l
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log).max_lr
 
 
+def parallelize(model: nn.Module, cfg: Config, rt: Runtime) -> tuple[nn.Module, nn.Module]:
+    """(module, model): the plain network, and what the training step calls.
+
+    Under torchrun `model` is `module` in DistributedDataParallel (which broadcasts rank 0's
+    weights now and averages gradients in every synchronized backward); in one process they
+    are the same. model.sync_bn swaps in SyncBatchNorm first; train.compile compiles the
+    module in place before DDP wraps it, as PyTorch recommends, so its state_dict keys stay
+    plain (no "module." or "_orig_mod." prefix) and checkpoints load anywhere.
+    """
+    world = dist.world_size()
+    if cfg.model.sync_bn and world > 1:
+        if rt.device.type != "cuda":
+            raise ConfigError(
+                "model.sync_bn needs CUDA devices (SyncBatchNorm does not run on CPUs); set "
+                "model.sync_bn=false"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and buffers
+    if cfg.train.compile:
+        model.compile()
+    if world == 1:
+        return model, model
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=ids)
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int, log) -> OptimConfig:
+    """optim.scale_lr: max_lr is the peak LR for a global batch of 256; scale it linearly."""
+    if not cfg.scale_lr:
+        return cfg
+    lr = cfg.max_lr * global_batch / 256
+    log.log(f"max_lr {cfg.max_lr:g} x global batch {global_batch}/256 = {lr:.4g} (optim.scale_lr)")
+    return dataclasses.replace(cfg, max_lr=lr)
+
+
+def check_global_batch(state: dict, path: Path, cfg: Config, global_batch: int) -> None:
+    """A run resumes only with the global batch it was trained with: the schedule and the
+    images of every step depend on it, not on how many processes share it."""
+    saved = state.get("global_batch") or state["config"]["data"]["batch_size"]  # older files
+    if saved == global_batch:
+        return
+    b, world, accum = cfg.data.batch_size, dist.world_size(), cfg.train.accum_steps
+    if saved % (b * world) == 0:
+        fix = f"set train.accum_steps={saved // (b * world)}"
+    elif saved % (world * accum) == 0:
+        fix = f"set data.batch_size={saved // (world * accum)}"
+    else:
+        fix = f"use a number of processes that divides {saved}"
+    raise CheckpointError(
+        f"'{path}' was trained with a global batch of {saved} images a step but this run's is "
+        f"{global_batch} (data.batch_size {b} x {world} process(es) x train.accum_steps "
+        f"{accum}); {fix} to resume it, or use a new train.checkpoint_dir"
+    )
+
+
 class Trainer:
     """A run's model, optimizer, schedule, data and records, and the loop that trains them."""
 
@@ -248,25 +351,38 @@ class Trainer:
         log.log(f"Dataset: {self.index.root} ({self.index.layout} layout)")
         log.log(f"Number of training samples: {len(self.index.train)}")
         log.log(f"Number of validation samples: {len(self.index.val)}")
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model)
-        self.train_data = train_loader(cfg.data, self.index, cfg.train.seed, rt)
+        accum, world = cfg.train.accum_steps, dist.world_size()
+        # Images per optimizer step, over all ranks: what the LR and the schedule are set for.
+        self.global_batch = cfg.data.batch_size * world * accum
+        log.log(
+            f"Global batch: {self.global_batch} (data.batch_size {cfg.data.batch_size} x "
+            f"{world} process(es) x train.accum_steps {accum})"
+        )
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        model = build_model(cfg.model)
+        torch.manual_seed(cfg.train.seed + dist.rank())  # anything else random: one stream a rank
+        self.train_data = train_loader(cfg.data, self.index, cfg.train.seed, rt, accum)
         self.val_data = eval_loader(cfg.data, self.index, rt)
-        initial_weights(self.model, cfg.train, log)
+        if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
+            initial_weights(model, cfg.train, log)
         memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
-        self.model.to(rt.device, memory_format=memory_format)
-        found = load_resume_state(self.run_dir, log.warn) if cfg.train.resume else None
+        model.to(rt.device, memory_format=memory_format)
+        found = self.find_resume_state() if cfg.train.resume else None
         saved = found[1] if found else None
         if saved is not None:
             check_classes(saved, cfg.model.num_classes, found[0])
-        if cfg.optim.max_lr == "auto":
-            cfg.optim.max_lr = choose_max_lr(cfg, saved, self.model, self.train_data, rt, log)
+        if cfg.optim.max_lr == "auto":  # rank 0 runs the range test; all use its answer
+            lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
+            cfg.optim.max_lr = dist.broadcast_object(lr)
         log.write_config(cfg.to_yaml())  # resolved: max_lr is a number from here on
+        # module: the plain network (checkpoints, evaluation); model: what a step calls (DDP).
+        self.module, self.model = parallelize(model, cfg, rt)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.steps_per_epoch = len(self.train_data)
+        optim_cfg = scaled_lr(cfg.optim, self.global_batch, log)
+        self.optimizer = build_optimizer(self.module, optim_cfg)
+        self.steps_per_epoch = len(self.train_data) // accum  # optimizer steps
         self.scheduler = build_scheduler(
-            self.optimizer, cfg.optim, cfg.train.epochs * self.steps_per_epoch
+            self.optimizer, optim_cfg, cfg.train.epochs * self.steps_per_epoch
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
         self.progress = Progress()
@@ -275,21 +391,25 @@ class Trainer:
         if found is not None:
             self.restore(*found)
         self.last_save = time.monotonic()
+        self.open_records(resumed=found is not None)
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def state(self, epoch: int, step: int, meter: Meter | None = None) -> dict:
-        """Everything needed to continue after `step` steps of epoch `epoch` (step 0: after
-        the whole of epoch `epoch`); `meter` holds the sums of the epoch in progress."""
+    def state(self, epoch: int, step: int, meter_sums: torch.Tensor | None = None) -> dict:
+        """Everything needed to continue after `step` optimizer steps of epoch `epoch` (step 0:
+        after the whole of epoch `epoch`); `meter_sums`: the epoch's sums over all ranks."""
         return {
             "epoch": epoch,
             "step_in_epoch": step,
+            "samples_in_epoch": step * self.global_batch,  # images all ranks together consumed
+            "global_batch": self.global_batch,
+            "world_size": dist.world_size(),
             "global_step": self.scheduler.last_epoch,  # OneCycleLR counts optimizer steps
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),  # unwrapped: loads in one process or in many
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_state(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(),
-            "meter": meter.sums.cpu() if meter is not None else None,
+            "meter": meter_sums.cpu() if meter_sums is not None else None,
             "rng": torch.get_rng_state(),
             "best_top1": self.progress.best_top1,
             "best_epoch": self.progress.best_epoch,
@@ -300,23 +420,26 @@ class Trainer:
 
     def restore(self, path: Path, state: dict) -> None:
         """Put the run back where checkpoint `state` (read from `path`) left it."""
+        check_global_batch(state, path, self.cfg, self.global_batch)
         planned, stored = self.scheduler.total_steps, state["scheduler"].get("total_steps")
         if stored != planned:
             raise CheckpointError(
                 f"'{path}' belongs to a schedule of {stored} steps but this config plans "
-                f"{planned} (train.epochs or data.batch_size changed); restore them or use a "
-                f"new train.checkpoint_dir"
+                f"{planned} (train.epochs or the training images changed); restore them or use "
+                f"a new train.checkpoint_dir"
             )
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if state.get("rng") is not None:
-            torch.set_rng_state(state["rng"])
+        if state.get("rng") is not None and dist.world_size() == 1:
+            torch.set_rng_state(state["rng"])  # rank 0's: under torchrun each keeps its own
         step = state.get("step_in_epoch", 0)
         done = state["epoch"] - 1 if step else state["epoch"]  # epochs fully finished
         self.progress = Progress(done, state["best_top1"], state["best_epoch"])
-        self.start_step, self.meter_sums = step, state.get("meter") if step else None
+        # The meter holds the sums of all ranks: one rank takes them up, or they count twice.
+        sums = state.get("meter") if step and dist.is_main() else None
+        self.start_step, self.meter_sums = step, sums
         where = f"epoch {state['epoch']}"
         if step:
             where += f", step {step}/{self.steps_per_epoch}"
@@ -328,19 +451,39 @@ class Trainer:
         self.log.drop_metrics_after(done)
 
     def save_last(self, epoch: int, step: int, meter: Meter) -> Path | None:
-        """The rolling mid-epoch checkpoint (rank 0 writes it)."""
+        """The rolling mid-epoch checkpoint: every rank calls it at the same step (the meter's
+        sums are all-reduced), rank 0 writes it."""
         self.last_save = time.monotonic()
+        sums = dist.sum_over_ranks(meter.sums)
         if not dist.is_main():
             return None
-        return save_checkpoint(self.state(epoch, step, meter), last_path(self.run_dir))
+        return save_checkpoint(self.state(epoch, step, sums), last_path(self.run_dir))
 
-    def save_due(self, step: int) -> bool:
-        t = self.cfg.train
-        by_steps = t.save_every_steps and step % t.save_every_steps == 0
+    def save_clock_due(self) -> bool:
         minutes = (time.monotonic() - self.last_save) / 60
-        by_time = t.save_every_minutes and minutes >= t.save_every_minutes
+        every = self.cfg.train.save_every_minutes
+        return bool(every) and minutes >= every
+
+    def save_due(self, step: int, clock: bool) -> bool:
+        """Whether last.pth is written after `step`; `clock`: save_every_minutes passed."""
+        every = self.cfg.train.save_every_steps
+        by_steps = every and step % every == 0
         # The last step of an epoch is saved by the epoch checkpoint instead.
-        return bool(by_steps or by_time) and step < self.steps_per_epoch
+        return bool(by_steps or clock) and step < self.steps_per_epoch
+
+    def find_resume_state(self) -> tuple[Path, dict] | None:
+        """The checkpoint to resume from: rank 0 picks it, every rank loads that same file."""
+        found = load_resume_state(self.run_dir, self.log.warn) if dist.is_main() else None
+        path = dist.broadcast_object(str(found[0]) if found else None)
+        if found is not None or path is None:
+            return found
+        try:
+            return Path(path), load_checkpoint(path)
+        except CheckpointError:
+            raise CheckpointError(
+                f"rank {dist.rank()} cannot read '{path}', which rank 0 resumes from; put "
+                f"train.checkpoint_dir on a filesystem that every machine of the run shares"
+            ) from None
 
     # -- training --------------------------------------------------------------------------
 
@@ -354,28 +497,35 @@ class Trainer:
         if self.meter_sums is not None:
             meter.sums.copy_(self.meter_sums)
         self.start_step, self.meter_sums = 0, None
-        self.train_data.sampler.set_epoch(epoch, start=start * cfg.data.batch_size)
-        buffers = BufferGuard(model)
+        # Steps count globally: `start` steps consumed start x global_batch images of this
+        # epoch, which this run's ranks share equally (whatever the world size that saved it).
+        rank_images = self.global_batch // dist.world_size()  # per optimizer step
+        self.train_data.sampler.set_epoch(epoch, start=start * rank_images)
+        buffers = BufferGuard(self.module)
         bad_streak = 0
         # At least MIN_BAD_BUDGET files, so that one odd file in a small dataset is not fatal.
         budget = max(
-            cfg.data.max_bad_fraction * self.steps_per_epoch * cfg.data.batch_size,
-            MIN_BAD_BUDGET,
+            cfg.data.max_bad_fraction * self.steps_per_epoch * rank_images, MIN_BAD_BUDGET
         )
-        t0 = tick = time.perf_counter()
-        seen_since_tick = 0
+        report = self.train_report = self.reporter(f"epoch {epoch}", self.steps_per_epoch, start)
+        t0 = time.perf_counter()
         allow_skipped_steps()
-        for step, (images, targets, bad) in enumerate(self.train_data, start + 1):
-            self.note_bad(bad, meter, budget)
-            if len(targets) < 2:  # BatchNorm cannot train on fewer than 2 images
+        # Each item: the accum_steps micro-batches of one optimizer step.
+        steps = report.wrap(micro_batches(self.train_data, cfg.train.accum_steps), meter)
+        for step, group in enumerate(steps, start + 1):
+            for _, _, bad in group:
+                self.note_bad(bad, meter, budget)
+            # BatchNorm cannot train on fewer than 2 images; DDP needs every rank in the step.
+            if not dist.all_true(all(len(targets) >= 2 for _, targets, _ in group)):
                 self.scheduler.step()
                 continue
-            images, targets = to_device(images, targets, rt.device, rt.channels_last)
+            batches = [to_device(x, y, rt.device, rt.channels_last) for x, y, _ in group]
+            targets = torch.cat([y for _, y in batches])
             buffers.save()
-            loss, logits = train_step(
-                model, images, targets, self.criterion, optimizer, self.scaler, self.scheduler, rt
+            loss, logits, applied = train_step(
+                model, batches, self.criterion, optimizer, self.scaler, self.scheduler, rt
             )
-            if torch.isfinite(loss):
+            if applied:
                 bad_streak = 0
                 meter.update(loss, logits, targets)
             else:
@@ -384,25 +534,18 @@ class Trainer:
                 log.warn(f"epoch {epoch} step {step}: loss is {loss.item()}; step skipped")
                 if bad_streak >= cfg.train.max_bad_steps:
                     raise Diverged(self.diverged_message(epoch, step, bad_streak))
-            seen_since_tick += targets.shape[0]
-            if cfg.train.log_every and (
-                step % cfg.train.log_every == 0 or step == self.steps_per_epoch
-            ):
-                now = time.perf_counter()
-                rate = seen_since_tick * dist.world_size() / max(now - tick, 1e-9)
-                log.log(
-                    f"  epoch {epoch} step {step}/{self.steps_per_epoch}  loss {loss.item():.4f}"
-                    f"  lr {current_lr(optimizer):.5f}  {rate:.0f} img/s"
-                )
-                tick, seen_since_tick = now, 0
-            if guard.received and step < self.steps_per_epoch:
+            self.after_step(report, targets.shape[0])
+            # Stopping and saving involve every rank (the same step count, the meter's
+            # all-reduce): they decide together, from what any of them received or timed.
+            stop, clock = dist.any_each(guard.received is not None, self.save_clock_due())
+            if stop and step < self.steps_per_epoch:
                 path = self.save_last(epoch, step, meter)
                 log.log(
-                    f"Received {guard.name} at epoch {epoch} step {step}: saved {path}; "
-                    f"run the same command to resume"
+                    f"Received {guard.name or 'a signal on another rank'} at epoch {epoch} "
+                    f"step {step}: saved {path}; run the same command to resume"
                 )
                 raise Preempted(guard.name)
-            if bad_streak == 0 and self.save_due(step):
+            if bad_streak == 0 and self.save_due(step, clock):
                 self.save_last(epoch, step, meter)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
@@ -438,7 +581,9 @@ class Trainer:
         log.log(f"Using {precision_name(rt)} precision{scaling}")
         log.log("\nModel Summary:")
         log.log(model_summary(cfg.model, cfg.data.batch_size, cfg.data.resolution))
-        log.log(f"\nTraining on {rt.device} ({count_parameters(self.model):,} parameters)")
+        log.log(f"\nTraining on {rt.device} ({count_parameters(self.module):,} parameters)")
+        if dist.world_size() > 1:
+            log.log(f"Processes: {dist.world_size()} (torchrun, {dist.backend()} backend)")
         log.log(f"Number of classes: {len(self.index.classes)}")
         log.log(f"Logging to: {log.log_path}")
         record: dict = {}
@@ -447,13 +592,17 @@ class Trainer:
                 log.log(f"\nEpoch {epoch}/{cfg.train.epochs}:")
                 train, train_s = self.train_epoch(epoch, guard)
                 t0 = time.perf_counter()
-                val = evaluate(self.model, self.val_data, rt)
+                val_report = self.reporter("val", len(self.val_data))
+                # Each rank's BatchNorm statistics came from its own batches: evaluate (and
+                # save) rank 0's everywhere. The plain module: evaluation needs no DDP.
+                dist.broadcast_buffers(self.module)
+                val = evaluate(self.module, self.val_data, rt, val_report)
                 val_s = time.perf_counter() - t0
                 record = self.end_epoch(epoch, train, val, train_s, val_s)
-                if guard.received and epoch < cfg.train.epochs:
+                if dist.any_true(guard.received is not None) and epoch < cfg.train.epochs:
                     log.log(
-                        f"Received {guard.name}: stopped after epoch {epoch}; run the same "
-                        f"command to resume"
+                        f"Received {guard.name or 'a signal on another rank'}: stopped after "
+                        f"epoch {epoch}; run the same command to resume"
                     )
                     raise Preempted(guard.name)
         if not record:
@@ -466,8 +615,82 @@ class Trainer:
             f"\nBest val top-1: {best.best_top1:.2f}% (epoch {best.best_epoch}); "
             f"outputs in {self.run_dir}"
         )
+        self.close_records()
         log.close()
         return record
+
+    # -- what a run shows and records (progress, steps.jsonl, TensorBoard, plots, summary) --
+
+    def reporter(self, label: str, total: int, start: int = 0) -> Reporter:
+        return make_reporter(self.cfg.train, label, total, start, self.log.log, self.log.record)
+
+    def open_records(self, resumed: bool) -> None:
+        """run_info.json; steps.jsonl cut back to where training goes on; TensorBoard."""
+        from rn50.record import run_info, write_run_info
+
+        step = self.recorded_step = self.scheduler.last_epoch  # optimizer steps done
+        self.step_values = current_lr(self.optimizer), current_momentum(self.optimizer)
+        self.train_report: Reporter | None = None
+        # Lines and points after `step` come from a killed process: they will be trained again.
+        self.log.drop_steps_after(step)
+        on = self.cfg.train.tensorboard and dist.is_main()
+        self.board = Board(self.run_dir, on, purge_step=step + 1, device=self.rt.device)
+        if dist.is_main():
+            p = self.progress
+            where = {"epoch": p.epoch, "step_in_epoch": self.start_step, "global_step": step}
+            info = run_info(self.rt.device, dist.world_size(), where if resumed else None)
+            write_run_info(self.run_dir, info)
+
+    def record_step(self) -> tuple[float, float]:
+        """Append the LR and momentum the latest optimizer step used to steps.jsonl; returns
+        them. (The optimizer already holds the next step's: the schedule moved after it.)"""
+        used = self.step_values
+        self.step_values = current_lr(self.optimizer), current_momentum(self.optimizer)
+        step = self.scheduler.last_epoch
+        # A batch too small to train on moves the schedule without a call here: the step
+        # after it has no known value, and the curve has a two-step gap.
+        if step == self.recorded_step + 1:
+            self.log.append_step({"step": step, "lr": used[0], "momentum": used[1]})
+        self.recorded_step = step
+        return used
+
+    def after_step(self, report: Reporter, images: int) -> None:
+        """The LR/momentum series, the progress display and, at its report points, TensorBoard."""
+        lr, momentum = self.record_step()
+        snap = report.step(images, lr=lr)
+        if snap is not None:
+            self.board.step(self.scheduler.last_epoch, snap, lr, momentum)
+
+    def after_epoch(self, record: dict) -> None:
+        """The epoch's TensorBoard points and curves.png (rank 0)."""
+        from rn50.plots import save_curves
+
+        wait = self.train_report.data_wait_share if self.train_report is not None else None
+        self.board.epoch(record, wait)
+        if not dist.is_main():
+            return
+        cfg = self.cfg
+        title = f"{self.run_dir.name}: {cfg.model.arch}, epoch {record['epoch']}/{cfg.train.epochs}"
+        try:
+            save_curves(
+                read_metrics(self.log.metrics_path),
+                read_metrics(self.log.steps_path),
+                self.run_dir / "curves.png",
+                title=title,
+            )
+        except Exception as e:  # a figure is not worth stopping a run that saved its epoch
+            self.log.warn(f"could not draw curves.png: {e}")
+
+    def close_records(self) -> None:
+        """summary.json from metrics.jsonl (and a line about it); TensorBoard closed."""
+        from rn50.record import device_info, format_summary, write_summary
+
+        self.board.close()
+        if dist.is_main():
+            devices = dist.world_size()
+            name = device_info(self.rt.device, devices)["name"]
+            price = self.cfg.train.price_per_gpu_hour
+            self.log.log(format_summary(write_summary(self.run_dir, devices, price, name)))
 
     def end_epoch(self, epoch: int, train: dict, val: dict, train_s: float, val_s: float) -> dict:
         """Best-so-far, the metrics line, the epoch checkpoint and model_best.pth."""
@@ -488,6 +711,7 @@ class Trainer:
                 self.log.log(f"Saved best model to: {best}")
             # The epoch file now holds everything last.pth did, and more.
             last_path(self.run_dir).unlink(missing_ok=True)
+        self.after_epoch(record)
         return record
 
 
@@ -557,4 +781,5 @@ def evaluate_checkpoint(state: dict, path: str, cfg: Config) -> dict:
     model.load_state_dict(state["model"])
     memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
     model.to(rt.device, memory_format=memory_format)
-    return evaluate(model, eval_loader(cfg.data, index, rt), rt)
+    loader = eval_loader(cfg.data, index, rt)
+    return evaluate(model, loader, rt, make_reporter(cfg.train, "val", len(loader)))

@@ -161,8 +161,8 @@ def range_test(model: nn.Module, loader, cfg: Config, rt: Runtime) -> Sweep:
         images, targets = to_device(images, targets, rt.device, rt.channels_last)
         lr = optimizer.param_groups[0]["lr"]
         scale = scaler.get_scale() if rt.use_scaler else 1.0
-        loss, _ = train_step(work, images, targets, criterion, optimizer, scaler, scheduler, rt)
-        loss = loss.item()
+        step = train_step(work, [(images, targets)], criterion, optimizer, scaler, scheduler, rt)
+        loss = step.loss.item()
         if rt.use_scaler and scaler.get_scale() < scale:
             sweep.skipped += 1  # the scaler found inf/NaN gradients and did not step
             continue
@@ -212,8 +212,15 @@ def save_csv(sweep: Sweep, beta: float, path: Path) -> Path:
     return path
 
 
-def save_plot(sweep: Sweep, cfg: LRFinderConfig, suggestion: float, path: Path) -> Path:
-    """Loss against LR on a log axis, raw and smoothed, with the suggestion marked."""
+def save_plot(
+    sweep: Sweep,
+    cfg: LRFinderConfig,
+    suggestion: float,
+    path: Path,
+    others: dict[str, float] | None = None,
+) -> Path:
+    """Loss against LR on a log axis, raw and smoothed, with the suggestion marked (and the
+    LRs in `others`, e.g. what the other rules would suggest, in lighter lines)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -225,6 +232,8 @@ def save_plot(sweep: Sweep, cfg: LRFinderConfig, suggestion: float, path: Path) 
     ax.plot(sweep.lrs, sweep.losses, color="0.75", lw=1, label="loss")
     ax.plot(sweep.lrs, sweep.smoothed(cfg.smooth_beta), color="C0", lw=2, label="smoothed loss")
     ax.axvline(suggestion, color="C3", ls="--", label=f"suggested max_lr {suggestion:.3g}")
+    for i, (name, lr) in enumerate((others or {}).items()):
+        ax.axvline(lr, color=f"C{i + 4}", ls=":", lw=1.5, label=f"{name}: {lr:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")

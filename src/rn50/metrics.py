@@ -38,12 +38,13 @@ class Meter:
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """`loss` is the batch mean; it is weighted by the batch size."""
+        """`loss` is the batch mean, weighted by the batch size, or the per-sample losses (N,),
+        summed in float64: then the total does not depend on how the images were batched."""
         n = targets.shape[0]
         hits = topk_correct_tensor(logits.detach(), targets, (1, 5))
-        self.sums[:4] += torch.stack(
-            [loss.detach().double() * n, hits[0], hits[1], self.sums.new_tensor(n)]
-        )
+        loss = loss.detach().double()
+        total = loss.sum() if loss.ndim else loss * n
+        self.sums[:4] += torch.stack([total, hits[0], hits[1], self.sums.new_tensor(n)])
 
     def skip(self, paths: list[str]) -> None:
         """Count files that could not be decoded (they are in no other sum)."""

@@ -1,4 +1,4 @@
-"""The run directory's records: text log, metrics.jsonl and the resolved config.
+"""The run directory's records: text log, metrics.jsonl, steps.jsonl and the resolved config.
 
 Only the process that owns the run dir (rank 0) writes; the others get a RunLog that
 neither prints nor writes, so calling code needs no rank checks.
@@ -22,6 +22,7 @@ class RunLog:
         self.enabled = enabled
         self.log_path: Path | None = None
         self._file = None
+        self._steps = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             stamp = time.strftime("%Y%m%d_%H%M%S")
@@ -32,15 +33,24 @@ class RunLog:
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
 
+    @property
+    def steps_path(self) -> Path:
+        return self.run_dir / "steps.jsonl"
+
     def log(self, message: str = "") -> None:
         if not self.enabled:
             return
-        print(message, flush=True)
+        _print(message, sys.stdout)
         self._file.write(message + "\n")
+
+    def record(self, message: str) -> None:
+        """Write to the log file only (what a progress bar shows on the terminal instead)."""
+        if self.enabled:
+            self._file.write(message + "\n")
 
     def warn(self, message: str) -> None:
         if self.enabled:
-            print(f"warning: {message}", file=sys.stderr, flush=True)
+            _print(f"warning: {message}", sys.stderr)
             self._file.write(f"warning: {message}\n")
 
     def write_config(self, yaml_text: str) -> None:
@@ -63,20 +73,49 @@ class RunLog:
         kept = [r for r in read_metrics(self.metrics_path) if r.get("epoch", 0) <= epoch]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def append_step(self, record: dict[str, Any]) -> None:
+        """One line of steps.jsonl (per-step LR and momentum), written through at once: a
+        kill loses no step before the checkpoint a resume starts from."""
+        if not self.enabled:
+            return
+        if self._steps is None:
+            self._steps = open(self.steps_path, "a", buffering=1)
+        self._steps.write(json.dumps(record) + "\n")
+
+    def drop_steps_after(self, step: int) -> None:
+        """On resume at global step N, forget the steps after it (they will be trained again)."""
+        if not self.enabled or not self.steps_path.exists():
+            return
+        kept = [r for r in read_metrics(self.steps_path) if r.get("step", 0) <= step]
+        atomic_write_text(self.steps_path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in (self._file, self._steps):
+            if f is not None:
+                f.close()
+        self._file = self._steps = None
 
 
 class ConsoleLog:
     """The RunLog interface for commands that only print (e.g. rn50 lr-find)."""
 
     def log(self, message: str = "") -> None:
-        print(message, flush=True)
+        _print(message, sys.stdout)
+
+    def record(self, message: str) -> None:
+        pass
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        _print(f"warning: {message}", sys.stderr)
+
+
+def _print(message: str, stream) -> None:
+    # A live progress bar shares the terminal: tqdm clears it, the line prints, it redraws
+    # below, so messages never land in the middle of the bar.
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=stream):
+        print(message, file=stream, flush=True)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -88,3 +127,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch with the highest val top-1, the earliest of equals (as model_best.pth)."""
+    best = None
+    for r in records:
+        if best is None or r["val_top1"] > best["val_top1"]:
+            best = r
+    return best

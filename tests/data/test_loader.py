@@ -90,3 +90,49 @@ def test_loader_batches_are_uint8_and_normalize_to_unit_scale(tiny_data):
     white = normalize(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), channels_last=False)
     expected = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
     assert torch.allclose(white.flatten(), torch.tensor(expected))
+
+
+def micro_batches(n: int, world: int, accum: int, batch: int) -> list[list[tuple[int, int]]]:
+    """Every micro-batch of an epoch as (index, seed) lists, in global order: step by step,
+    rank r's accum micro-batches at r*accum .. r*accum+accum-1."""
+    shares = []
+    for rank in range(world):
+        s = ShardedSampler(n, shuffle=True, seed=3, rank=rank, world=world, batch=batch,
+                           accum=accum)  # fmt: skip
+        s.set_epoch(1)
+        items = list(s)
+        shares.append([items[i : i + batch] for i in range(0, len(items), batch)])
+    steps = len(shares[0]) // accum
+    return [
+        shares[rank][step * accum + m]
+        for step in range(steps)
+        for rank in range(world)
+        for m in range(accum)
+    ]
+
+
+def test_micro_batches_do_not_depend_on_how_a_global_step_is_split():
+    # 4 micro-batches of 3 a step: 1 rank x 4, 2 ranks x 2, 4 ranks x 1. 38 images: 3 steps.
+    splits = [micro_batches(38, world, 4 // world, 3) for world in (1, 2, 4)]
+    assert splits[0] == splits[1] == splits[2]
+    assert len(splits[0]) == 12 and all(len(b) == 3 for b in splits[0])
+    flat = [i for b in splits[0] for i, _ in b]
+    assert len(set(flat)) == 36  # whole steps only, no image twice
+    # A single process without accumulation reads the same stream, batch after batch.
+    plain = ShardedSampler(38, shuffle=True, seed=3)
+    plain.set_epoch(1)
+    assert [x for b in splits[0] for x in b] == list(plain)[:36]
+
+
+def test_resume_position_is_global_images_over_world():
+    # 1 step of 8 images done: 2 ranks skip 4 each, 1 process skips 8 - the same images remain.
+    rest = {}
+    for world in (1, 2):
+        seen = []
+        for rank in range(world):
+            s = ShardedSampler(24, shuffle=True, seed=0, rank=rank, world=world, batch=4,
+                               accum=2 // world)  # fmt: skip
+            s.set_epoch(5, start=8 // world)
+            seen += list(s)
+        rest[world] = sorted(seen)
+    assert rest[1] == rest[2] and len(rest[1]) == 16

@@ -7,7 +7,7 @@ exactly what an uninterrupted one would have.
 
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -24,11 +24,15 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class ImageDataset(Dataset):
-    """Decodes one file and applies `transform`; indexed by (sample index, augmentation seed)."""
+    """Reads one file with `read` (default: decode to a PIL RGB image), applies `transform`;
+    indexed by (sample index, augmentation seed)."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable):
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable, read: Callable[[str], Any] = load_rgb
+    ):
         self.samples = samples
         self.transform = transform
+        self.read = read
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -41,7 +45,7 @@ class ImageDataset(Dataset):
         # each sample's crop and flip a function of (seed, epoch, position) alone.
         torch.default_generator.manual_seed(seed)
         try:
-            return self.transform(load_rgb(path)), label, path
+            return self.transform(self.read(path)), label, path
         except Exception:  # truncated, empty, not an image, decompression bomb, ...
             # One bad file out of 1.28 million must not end a run: the batch goes on
             # without it and the training loop counts and names it.
@@ -49,7 +53,7 @@ class ImageDataset(Dataset):
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor  # uint8 (N, 3, H, W)
+    images: torch.Tensor  # uint8 (N, 3, H, W); channels-last in memory from the cpu decoder
     targets: torch.Tensor  # int64 (N,)
     bad: list[str]  # files of this batch that could not be decoded (left out)
 
@@ -63,10 +67,22 @@ def collate_skipping_bad(items: list[tuple[torch.Tensor | None, int, str]]) -> B
             torch.empty(0, 3, 0, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
         )
     return Batch(
-        torch.stack([img for img, _ in good]),
+        stack_images([img for img, _ in good]),
         torch.tensor([label for _, label in good], dtype=torch.long),
         bad,
     )
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """(3, H, W) images -> (N, 3, H, W), channels-last in memory when they all are.
+
+    The fast decoder (rn50.data.decode) resizes in NHWC; torch.stack would transpose each
+    image into NCHW, a slow strided copy, only for the device to transpose the batch back
+    (the model runs channels-last). Stacking the HWC views is a plain copy.
+    """
+    if all(img.permute(1, 2, 0).is_contiguous() for img in images):
+        return torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
+    return torch.stack(images)
 
 
 def _ignore_signals_in_worker(_worker_id: int) -> None:
@@ -80,41 +96,66 @@ def _ignore_signals_in_worker(_worker_id: int) -> None:
 class ShardedSampler(Sampler):
     """This rank's share of one epoch, as (sample index, augmentation seed) pairs.
 
-    Training (`shuffle=True`): a permutation drawn from (seed, epoch), cut to a multiple of
-    `world` so every rank takes the same number of steps, then dealt round-robin.
+    Training (`shuffle=True`): a permutation drawn from (seed, epoch), cut to whole global
+    steps of `world x accum x batch` images. A global step is split into `world x accum`
+    micro-batches of `batch` consecutive positions, and rank r takes micro-batches
+    `r*accum .. r*accum+accum-1`. So every micro-batch holds the same images with the same
+    crops however the step is split: 2 ranks x 1 micro-batch see exactly the batches that
+    1 rank x 2 accumulated micro-batches see (what BatchNorm computes depends on it).
     Validation (`shuffle=False`): files in order, dealt round-robin with no padding, so every
     image is counted exactly once across ranks.
     `start` skips the first positions of this rank's share without touching their files.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        batch: int = 1,
+        accum: int = 1,
+    ):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.batch, self.accum = batch, accum
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def _order(self) -> list[int]:
+    def _share(self) -> int:
         if not self.shuffle:
-            return list(range(self.rank, self.n, self.world))
-        g = torch.Generator()
-        g.manual_seed(sample_seed(self.seed, self.epoch, 0))
-        order = torch.randperm(self.n, generator=g)
-        order = order[: (self.n // self.world) * self.world]
-        return order[self.rank :: self.world].tolist()
+            return len(range(self.rank, self.n, self.world))
+        step = self.world * self.accum * self.batch  # images per global step
+        return (self.n // step) * self.accum * self.batch
+
+    def _positions(self) -> torch.Tensor:
+        """Positions in the epoch's global order of this rank's share, in the order it reads
+        them."""
+        q = torch.arange(self._share())
+        if not self.shuffle:
+            return q * self.world + self.rank
+        micro, within = q // self.batch, q % self.batch
+        step, m = micro // self.accum, micro % self.accum
+        return ((step * self.world + self.rank) * self.accum + m) * self.batch + within
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self._order()
-        for pos in range(self.start, len(order)):
-            # Seed by global position so the augmentation of a sample does not depend on rank.
-            yield order[pos], sample_seed(self.seed, self.epoch, pos * self.world + self.rank + 1)
+        positions = self._positions()
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(sample_seed(self.seed, self.epoch, 0))
+            order = torch.randperm(self.n, generator=g)[positions].tolist()
+        else:
+            order = positions.tolist()
+        positions = positions.tolist()
+        for i in range(self.start, len(order)):
+            # Seeded by global position: a sample's crop does not depend on rank or world size.
+            yield order[i], sample_seed(self.seed, self.epoch, positions[i] + 1)
 
     def __len__(self) -> int:
-        share = (
-            (self.n // self.world) if self.shuffle else len(range(self.rank, self.n, self.world))
-        )
-        return max(share - self.start, 0)
+        return max(self._share() - self.start, 0)
 
 
 def build_loader(
@@ -127,15 +168,22 @@ def build_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    accum: int = 1,
+    read: Callable[[str], Any] = load_rgb,
+    collate: Callable = collate_skipping_bad,
 ) -> DataLoader:
     """A DataLoader over `samples`; call `loader.sampler.set_epoch(epoch)` before each epoch.
 
-    Training drops the last partial batch (BatchNorm needs more than one image per batch);
-    validation keeps every image.
+    Training yields micro-batches of `batch_size`, `accum` of them per optimizer step, and
+    only whole global steps (BatchNorm needs more than one image per batch); validation keeps
+    every image. `read` turns a path into what `transform` takes (a PIL image by default, file
+    bytes for the fast decoders, see rn50.data.pipeline); `collate` makes the batch.
     """
-    sampler = ShardedSampler(len(samples), shuffle=train, seed=seed, rank=rank, world=world)
+    sampler = ShardedSampler(
+        len(samples), train, seed, rank, world, batch=batch_size if train else 1, accum=accum
+    )
     return DataLoader(
-        ImageDataset(samples, transform),
+        ImageDataset(samples, transform, read),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
@@ -143,6 +191,6 @@ def build_loader(
         drop_last=train,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
-        collate_fn=collate_skipping_bad,
+        collate_fn=collate,
         worker_init_fn=_ignore_signals_in_worker,
     )

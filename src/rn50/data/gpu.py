@@ -1,0 +1,229 @@
+"""The GPU data path (`data.decode: gpu`): workers read bytes, the training device decodes.
+
+A worker reads a file, parses its JPEG header for the image size and draws the crop box and
+flip there (from the per-sample seed, with the very calls the CPU paths make, so the boxes
+equal theirs). The main process then decodes the whole batch on the device with one
+`torchvision.io.decode_jpeg(list, device=...)` call (nvJPEG on CUDA), and crops, resizes
+(antialiased bilinear, like PIL's) and flips each image there. The batch leaves as uint8
+(N, 3, R, R) on the device; `rn50.data.batch.to_device` then normalizes it in place of a copy.
+
+The same code runs with device cpu (torchvision's libjpeg decoder), which is how it is tested
+without a GPU.
+
+Files the device decoder does not take: a worker decodes those with the CPU path
+(rn50.data.decode) instead, and sends the finished crop: CMYK and YCCK JPEGs, PNG and other
+formats (found from the header). A file whose header passes but whose data the device
+decoder rejects (truncated, corrupt) is retried alone and then with PIL on the host; when
+that fails too it is left out of its batch and named in `Batch.bad`, as on the CPU path.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from rn50.data.decode import (
+    Box,
+    decode,
+    probe,
+    reduction,
+    resized_crop,
+    sample_crop,
+    sample_flip,
+)
+from rn50.data.loader import Batch
+from rn50.data.transforms import eval_resize_size, to_rgb
+
+
+@dataclass
+class Encoded:
+    """One sample as a worker hands it over: the bytes and what to do with them on the device,
+    or (for a file the device decoder does not take) the finished uint8 (3, R, R) crop."""
+
+    data: torch.Tensor | None  # uint8 file bytes, for the device decoder
+    image: torch.Tensor | None  # finished crop, decoded on the CPU
+    box: Box  # region of the source image to use (top, left, h, w)
+    size: tuple[int, int]  # (h, w) the box is resized to
+    crop: Box | None  # then this region of the resized image (validation's centre crop)
+    flip: bool
+
+
+class EncodedBatch:
+    """A worker's batch: samples to decode on the device, their labels and files."""
+
+    def __init__(self, items: list[tuple[Encoded | None, int, str]]):
+        good = [(enc, label, path) for enc, label, path in items if enc is not None]
+        self.samples = [enc for enc, _, _ in good]
+        self.targets = torch.tensor([label for _, label, _ in good], dtype=torch.long)
+        self.paths = [path for _, _, path in good]
+        self.bad = [path for enc, _, path in items if enc is None]
+
+
+def collate_encoded(items: list[tuple[Encoded | None, int, str]]) -> EncodedBatch:
+    """The DataLoader's collate_fn for the GPU path: no stacking (the images differ in size)."""
+    return EncodedBatch(items)
+
+
+def eval_geometry(height: int, width: int, resolution: int, crop_ratio: float):
+    """EvalTransform's geometry: the resized (h, w) with the short side resolution/crop_ratio
+    (the long side truncated, as torchvision's Resize does), and the centred crop box in it."""
+    short_side = eval_resize_size(resolution, crop_ratio)
+    if width <= height:
+        size = (int(short_side * height / width), short_side)
+    else:
+        size = (short_side, int(short_side * width / height))
+    top = int(round((size[0] - resolution) / 2.0))
+    left = int(round((size[1] - resolution) / 2.0))
+    return size, (top, left, resolution, resolution)
+
+
+class GpuTrainPrep:
+    """Worker side of training: file bytes -> Encoded (crop box and flip drawn here)."""
+
+    def __init__(self, resolution: int, min_scale: float = 0.08, hflip: bool = True):
+        self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
+
+    def __call__(self, data: np.ndarray) -> Encoded:
+        height, width, direct = probe(data)
+        box = sample_crop(height, width, self.scale)
+        flip = self.hflip and sample_flip()
+        size = (self.resolution, self.resolution)
+        if direct:
+            return Encoded(torch.from_numpy(data), None, box, size, None, flip)
+        # Not for the device decoder: the CPU path's remaining steps, here in the worker.
+        reduce = reduction(box[2], box[3], *size)
+        pixels = decode(data, height, width, False, reduce)
+        image = resized_crop(pixels, box, self.resolution, (height, width))
+        return Encoded(
+            None, (image.flip(-1) if flip else image).contiguous(), box, size, None, flip
+        )
+
+
+class GpuEvalPrep:
+    """Worker side of validation: file bytes -> Encoded (resize short side, centre crop)."""
+
+    def __init__(self, resolution: int, crop_ratio: float = 0.875):
+        self.resolution, self.crop_ratio = resolution, crop_ratio
+
+    def __call__(self, data: np.ndarray) -> Encoded:
+        height, width, direct = probe(data)
+        size, crop = eval_geometry(height, width, self.resolution, self.crop_ratio)
+        box = (0, 0, height, width)
+        if direct:
+            return Encoded(torch.from_numpy(data), None, box, size, crop, False)
+        pixels = torch.from_numpy(decode(data, height, width, False)).permute(2, 0, 1)
+        return Encoded(None, place(pixels, box, size, crop, False), box, size, crop, False)
+
+
+def place(
+    pixels: torch.Tensor, box: Box, size: tuple[int, int], crop: Box | None, flip: bool
+) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> the sample's uint8 (3, R, R): crop `box`, resize to
+    `size` (antialiased bilinear, as PIL and the CPU path do), crop `crop`, flip."""
+    top, left, h, w = box
+    # float: CUDA's antialiased resize has no uint8 kernel; rounding back below costs at most
+    # half a level against the uint8 kernel of the CPU path.
+    x = pixels[:, top : top + h, left : left + w].unsqueeze(0).float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if crop is not None:
+        ct, cl, ch, cw = crop
+        x = x[:, :, ct : ct + ch, cl : cl + cw]
+    if flip:
+        x = x.flip(-1)
+    return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def _host_decode(data: torch.Tensor) -> torch.Tensor | None:
+    """uint8 (3, H, W) via PIL on the host, or None: the fallback for what the device rejects."""
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
+    except Exception:  # truncated, corrupt: left out of the batch and named, like the CPU path
+        return None
+
+
+def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode JPEG bytes to uint8 (3, H, W) RGB on `device`, in one batched call when every
+    file decodes; otherwise one at a time, then with PIL; None where nothing can."""
+    import torchvision.io as tio
+
+    if not datas:
+        return []
+    with warnings.catch_warnings():
+        # torchvision 0.29+ deprecates its image codecs in favour of TorchCodec's; they still
+        # work, and are what the torch versions rn50 supports (>= 2.4) all have.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return list(tio.decode_jpeg(list(datas), mode=tio.ImageReadMode.RGB, device=device))
+        except (RuntimeError, ValueError):
+            pass  # one bad file fails the whole batched call: find it
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device))
+            except (RuntimeError, ValueError):
+                host = _host_decode(data)
+                out.append(None if host is None else host.to(device))
+    return out
+
+
+def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
+    """An EncodedBatch -> Batch(uint8 (N, 3, R, R) on `device`, targets, bad files)."""
+    jpeg_at = [i for i, s in enumerate(batch.samples) if s.data is not None]
+    decoded = dict(
+        zip(jpeg_at, decode_jpegs([batch.samples[i].data for i in jpeg_at], device), strict=True)
+    )
+    images, keep, bad = [], [], list(batch.bad)
+    for i, s in enumerate(batch.samples):
+        if s.image is not None:
+            images.append(s.image.to(device, non_blocking=True))
+        elif decoded[i] is None:
+            bad.append(batch.paths[i])
+            continue
+        else:
+            images.append(place(decoded[i], s.box, s.size, s.crop, s.flip))
+        keep.append(i)
+    if not images:
+        return Batch(
+            torch.empty(0, 3, 0, 0, dtype=torch.uint8, device=device),
+            torch.empty(0, dtype=torch.long),
+            bad,
+        )
+    return Batch(torch.stack(images), batch.targets[keep], bad)
+
+
+class DeviceDecodeLoader:
+    """A DataLoader of EncodedBatches that yields Batches decoded on `device`.
+
+    It looks like the DataLoader to the training loop (`sampler`, `len`, iteration), so the
+    engine needs no branch for this mode.
+    """
+
+    def __init__(self, loader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    @property
+    def batch_size(self):
+        return self.loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self.loader:
+            yield decode_batch(batch, self.device)

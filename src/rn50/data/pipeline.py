@@ -1,0 +1,102 @@
+"""The loader a run trains and validates with, for each `data.decode` mode.
+
+- `cpu` (default): workers read, decode (DCT-scaled to the crop), crop, resize and flip to
+  uint8; the main process copies the batch to the device, which normalizes it.
+- `gpu`: workers read the bytes, parse the header and draw the crop; the main process decodes
+  the batch on the device, which crops, resizes, flips and normalizes it.
+- `pil`: workers decode with PIL and apply torchvision's transforms (uint8); as `cpu` after.
+
+Every mode yields the same label stream and, for one seed, the same crop boxes and flips
+(rn50.data.decode.sample_crop follows torchvision's draws); they differ only in resampling
+details (within a level or two of 255 at full decoding scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rn50.config import DECODE_MODES
+from rn50.data.decode import FastEvalTransform, FastTrainTransform, read_bytes
+from rn50.data.gpu import DeviceDecodeLoader, GpuEvalPrep, GpuTrainPrep, collate_encoded
+from rn50.data.loader import Sample, build_loader, collate_skipping_bad
+from rn50.data.transforms import EvalTransform, TrainTransform, load_rgb
+
+
+def transforms_for(
+    mode: str,
+    train: bool,
+    resolution: int,
+    min_scale: float = 0.08,
+    hflip: bool = True,
+    crop_ratio: float = 0.875,
+):
+    """(read, transform, collate) of a mode: what a worker does with a path."""
+    if mode == "pil":
+        transform = (
+            TrainTransform(resolution, min_scale, hflip)
+            if train
+            else EvalTransform(resolution, crop_ratio)
+        )
+        return load_rgb, transform, collate_skipping_bad
+    if mode == "cpu":
+        transform = (
+            FastTrainTransform(resolution, min_scale, hflip)
+            if train
+            else FastEvalTransform(resolution, crop_ratio)
+        )
+        return read_bytes, transform, collate_skipping_bad
+    if mode == "gpu":
+        transform = (
+            GpuTrainPrep(resolution, min_scale, hflip)
+            if train
+            else GpuEvalPrep(resolution, crop_ratio)
+        )
+        return read_bytes, transform, collate_encoded
+    raise ValueError(f"unknown data.decode mode {mode!r}; one of {', '.join(DECODE_MODES)}")
+
+
+def make_loader(
+    cfg,
+    samples: Sequence[Sample],
+    *,
+    train: bool,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    accum: int = 1,
+    resolution: int | None = None,
+):
+    """The loader of `samples` for `cfg` (a DataConfig): a DataLoader of uint8 Batches, or
+    for decode gpu a DeviceDecodeLoader whose Batches are already on `device`.
+
+    Either way the training loop iterates Batch(images, targets, bad) and calls
+    `loader.sampler.set_epoch(...)`; `rn50.data.batch.to_device` copies (a no-op for gpu)
+    and normalizes. `resolution` overrides cfg.resolution (progressive resizing, a separate
+    validation resolution).
+    """
+    read, transform, collate = transforms_for(
+        cfg.decode, train, resolution or cfg.resolution, cfg.min_scale, cfg.hflip, cfg.crop_ratio
+    )
+    loader = build_loader(
+        samples,
+        transform,
+        batch_size,
+        cfg.workers,
+        train=train,
+        seed=seed,
+        rank=rank,
+        world=world,
+        # Pinned host memory makes the copy to a GPU asynchronous; the gpu mode copies only
+        # file bytes, which its decoder reads from pageable memory anyway.
+        pin_memory=device.type == "cuda" and cfg.decode != "gpu",
+        accum=accum,
+        read=read,
+        collate=collate,
+    )
+    if cfg.decode == "gpu":
+        return DeviceDecodeLoader(loader, device)
+    return loader

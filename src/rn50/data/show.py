@@ -1,0 +1,75 @@
+"""`rn50 data show`: the first training images of a run, as the model sees them.
+
+They come from the loader the trainer builds (rn50.data.pipeline.make_loader: the same
+data.decode mode, seed, epoch-1 resolution, crops and flips), are normalized exactly as on the
+training device, then mapped back to pixels for display, so the picture is what the first
+optimizer step is fed, not what is on disk.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rn50.config import Config, check_data_dir
+from rn50.data.batch import MEAN_255, STD_255, to_device
+from rn50.data.layout import find_dataset
+from rn50.data.pipeline import make_loader
+from rn50.data.schedule import resolution_at
+from rn50.errors import DataError, UserError
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """normalize()'s inverse: float (N, 3, H, W) -> uint8 pixels."""
+    mean = torch.tensor(MEAN_255, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD_255, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).round().clamp(0, 255).to(torch.uint8)
+
+
+def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tuple[str, ...]]:
+    """(model input (N, 3, R, R) float, labels, class names): the first `count` training
+    samples of epoch 1 (fewer when the dataset is smaller or some files are unreadable)."""
+    if count < 1:
+        raise UserError(f"--count must be at least 1, got {count}")
+    index = find_dataset(check_data_dir(cfg.data))
+    if cfg.data.skip_list:
+        from rn50.data.doctor import apply_skip_list, read_skip_list
+
+        index = apply_skip_list(index, read_skip_list(cfg.data.skip_list))
+    if not index.train:
+        raise DataError(f"no training images in {index.root}")
+    # One batch: starting worker processes would take longer than decoding it.
+    data = dataclasses.replace(cfg.data, workers=0)
+    gpu = data.decode == "gpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    loader = make_loader(
+        data,
+        index.train,
+        train=True,
+        batch_size=min(count, len(index.train)),
+        device=device,
+        seed=cfg.train.seed,
+        resolution=resolution_at(1, data),
+    )
+    loader.sampler.set_epoch(1)  # the trainer's first epoch
+    images, targets, _bad = next(iter(loader))
+    x, targets = to_device(images, targets, device, channels_last=False)
+    return x.cpu(), targets.tolist(), index.names
+
+
+def short_name(name: str, width: int = 22) -> str:
+    """'tench, Tinca tinca' -> 'tench'; long names are cut with an ellipsis."""
+    first = name.split(",")[0].strip()
+    return first if len(first) <= width else first[: width - 1] + "\u2026"
+
+
+def show_samples(cfg: Config, out: str | os.PathLike, count: int = 16) -> Path:
+    """Write a grid PNG of draw_samples(), each tile titled with its class name."""
+    from rn50.plots import save_grid
+
+    x, labels, names = draw_samples(cfg, count)
+    pixels = denormalize(x).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) for imshow
+    titles = [short_name(names[y]) for y in labels]
+    return save_grid(np.ascontiguousarray(pixels), titles, out)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -242,7 +243,7 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypat
         raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 768 vs 662")
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk)
-    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: (10**9, 10**9, 100))
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: SimpleNamespace(free=100))
     with pytest.raises(StorageError) as e:
         save_checkpoint({"model": {"w": torch.zeros(1000)}}, target)
     assert "no space left" in str(e.value) and "\n" not in str(e.value)

@@ -341,6 +341,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "workers": args.workers and parse_list(args.workers, int, "--workers"),
         "parts": args.only and parse_list(args.only, str, "--only", ("model", "data", "e2e")),
         "compile": (False, True) if args.compile else None,
+        "channels_last": {"on": (True,), "off": (False,), "both": (True, False), None: None}[
+            args.channels_last
+        ],
         "images": args.images, "steps": args.steps, "repeats": args.repeats,
         "data_dir": args.data_dir, "epochs": args.epochs, "gpus": args.gpus,
         "price_per_gpu_hour": args.price_per_gpu_hour, "threads": args.threads,
@@ -349,8 +352,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {changes[name]}")
     plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
-    say = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_bench(plan, log=say)
+    # Progress goes to stderr, so that stdout holds only the table or the JSON.
+    result = run_bench(plan, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_report(result))
     return 0
 
@@ -490,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", metavar="LIST", help="model batch sizes, e.g. 64,128")
     p.add_argument("--precisions", metavar="LIST", help="some of fp32,bf16,fp16")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    p.add_argument("--channels-last", choices=["on", "off", "both"],
+                   help="memory layouts to measure (default both)")
     p.add_argument("--modes", metavar="LIST",
                    help="data modes: some of torchvision,pil,cpu,gpu (default all)")
     p.add_argument("--workers", metavar="LIST", help="loader worker counts, e.g. 1,2")

@@ -5,7 +5,8 @@ flip there (from the per-sample seed, with the very calls the CPU paths make, so
 equal theirs). The main process then decodes the whole batch on the device with one
 `torchvision.io.decode_jpeg(list, device=...)` call (nvJPEG on CUDA), and crops, resizes
 (antialiased bilinear, like PIL's) and flips each image there. The batch leaves as uint8
-(N, 3, R, R) on the device; `rn50.data.batch.to_device` then normalizes it in place of a copy.
+(N, 3, R, R) on the device; `rn50.data.batch.to_device` then only normalizes it (its copy to
+the device is a no-op).
 
 The same code runs with device cpu (torchvision's libjpeg decoder), which is how it is tested
 without a GPU.

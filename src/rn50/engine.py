@@ -374,7 +374,6 @@ class Trainer:
         if cfg.optim.max_lr == "auto":  # rank 0 runs the range test; all use its answer
             lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
             cfg.optim.max_lr = dist.broadcast_object(lr)
-        log.write_config(cfg.to_yaml())  # resolved: max_lr is a number from here on
         # module: the plain network (checkpoints, evaluation); model: what a step calls (DDP).
         self.module, self.model = parallelize(model, cfg, rt)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -390,6 +389,8 @@ class Trainer:
         self.meter_sums: torch.Tensor | None = None  # that epoch's meter, when resumed mid-way
         if found is not None:
             self.restore(*found)
+        # Only now: a refused resume (another schedule) must not overwrite the run's config.
+        log.write_config(cfg.to_yaml())  # resolved: max_lr is a number from here on
         self.last_save = time.monotonic()
         self.open_records(resumed=found is not None)
 

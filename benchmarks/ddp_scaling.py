@@ -62,6 +62,9 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved: a busy spell of the machine hits every set-up
         for name, (ranks, threads, batch) in SETUPS.items():
             runs[name].append(train_images_per_s(args.data, args.epochs, ranks, threads, batch))
+            # Other work on the machine skews these numbers: say how busy it was.
+            load = os.getloadavg()[0]
+            print(f"  {name}: {runs[name][-1]:.1f} img/s (load average {load:.2f})", flush=True)
     medians = {name: statistics.median(r) for name, r in runs.items()}
     for name, r in runs.items():
         each = ", ".join(f"{x:.1f}" for x in r)

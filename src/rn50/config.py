@@ -176,6 +176,13 @@ class TrainConfig:
     """seeds the initial weights, the data order and the augmentations."""
     label_smoothing: float = 0.0
     """cross-entropy label smoothing."""
+    ema: bool = False
+    """keep an exponential moving average of the weights (and BatchNorm statistics) and make
+    it the run's model: validation, model_best.pth, eval, predict and export use the averaged
+    weights; the raw weights' validation is logged beside it (raw_val_*)."""
+    ema_decay: float = 0.9998
+    """EMA weight of the past per optimizer step; it averages over about 1/(1-decay) steps
+    (0.9998: 5,000 steps, under one ImageNet epoch at a global batch of 256)."""
     checkpoint_dir: str = "runs/imagenet"
     """the run directory: config, logs, metrics.jsonl and checkpoints go here."""
     resume: bool = True
@@ -459,6 +466,7 @@ def validate(cfg: Config) -> None:
         f"must be auto, cpu or cuda[:N], got '{t.device}'",
     )
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+    _check(0 < t.ema_decay < 1, "train.ema_decay", f"must be in (0, 1), got {t.ema_decay}")
     _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
     _check(t.log_every >= 0, "train.log_every", "must be 0 or more")
     _check(t.log_every_seconds >= 0, "train.log_every_seconds", "must be 0 or more")

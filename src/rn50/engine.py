@@ -29,6 +29,8 @@ from rn50.data.batch import to_device
 from rn50.data.index_cache import load_dataset_index
 from rn50.data.layout import DatasetIndex
 from rn50.data.pipeline import make_loader
+from rn50.data.schedule import eval_resolution, resolution_at
+from rn50.ema import ModelEMA
 from rn50.errors import CheckpointError, ConfigError, DataError, Diverged
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
@@ -212,6 +214,7 @@ def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
 
 
 def eval_loader(cfg: DataConfig, index: DatasetIndex, rt: Runtime):
+    """This rank's share of the validation set at data.eval_resolution."""
     if not index.val:
         raise DataError(f"no validation images in {index.root}; add val/ (see README: Data)")
     return make_loader(
@@ -222,11 +225,20 @@ def eval_loader(cfg: DataConfig, index: DatasetIndex, rt: Runtime):
         device=rt.device,
         rank=dist.rank(),
         world=dist.world_size(),
+        resolution=eval_resolution(cfg),
     )
 
 
-def train_loader(cfg: DataConfig, index: DatasetIndex, seed: int, rt: Runtime, accum: int = 1):
-    """Micro-batches of cfg.batch_size, `accum` per optimizer step, this rank's share."""
+def train_loader(
+    cfg: DataConfig,
+    index: DatasetIndex,
+    seed: int,
+    rt: Runtime,
+    accum: int = 1,
+    resolution: int | None = None,
+):
+    """Micro-batches of cfg.batch_size, `accum` per optimizer step, this rank's share, with
+    crops of `resolution` (default cfg.resolution)."""
     world = dist.world_size()
     if len(index.train) < cfg.batch_size * world * accum:
         raise ConfigError(
@@ -244,6 +256,7 @@ def train_loader(cfg: DataConfig, index: DatasetIndex, seed: int, rt: Runtime, a
         rank=dist.rank(),
         world=world,
         accum=accum,
+        resolution=resolution,
     )
 
 
@@ -361,7 +374,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         model = build_model(cfg.model)
         torch.manual_seed(cfg.train.seed + dist.rank())  # anything else random: one stream a rank
-        self.train_data = train_loader(cfg.data, self.index, cfg.train.seed, rt, accum)
+        # Progressive resizing changes the crop size between epochs: train_data is rebuilt
+        # when it does (see loader_for), and the schedule's length does not depend on it.
+        self.train_res = resolution_at(1, cfg.data)
+        self.train_data = train_loader(
+            cfg.data, self.index, cfg.train.seed, rt, accum, self.train_res
+        )
         self.val_data = eval_loader(cfg.data, self.index, rt)
         if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
             initial_weights(model, cfg.train, log)
@@ -374,6 +392,9 @@ class Trainer:
         if cfg.optim.max_lr == "auto":  # rank 0 runs the range test; all use its answer
             lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
             cfg.optim.max_lr = dist.broadcast_object(lr)
+        # A plain copy, made before compile/DDP touch the module; it starts from the initial
+        # weights and resume loads it.
+        self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
         # module: the plain network (checkpoints, evaluation); model: what a step calls (DDP).
         self.module, self.model = parallelize(model, cfg, rt)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -398,7 +419,20 @@ class Trainer:
 
     def state(self, epoch: int, step: int, meter_sums: torch.Tensor | None = None) -> dict:
         """Everything needed to continue after `step` optimizer steps of epoch `epoch` (step 0:
-        after the whole of epoch `epoch`); `meter_sums`: the epoch's sums over all ranks."""
+        after the whole of epoch `epoch`); `meter_sums`: the epoch's sums over all ranks.
+
+        "model" holds the run's model: the EMA weights when train.ema is on (what eval,
+        predict and export read), and then "train_model" the raw weights that training
+        continues from.
+        """
+        ema = self.ema
+        weights = {"model": self.module.state_dict()}  # unwrapped: loads anywhere
+        if ema is not None:
+            weights = {
+                "model": ema.module.state_dict(),
+                "train_model": self.module.state_dict(),
+                "ema_steps": ema.steps,
+            }
         return {
             "epoch": epoch,
             "step_in_epoch": step,
@@ -406,7 +440,7 @@ class Trainer:
             "global_batch": self.global_batch,
             "world_size": dist.world_size(),
             "global_step": self.scheduler.last_epoch,  # OneCycleLR counts optimizer steps
-            "model": self.module.state_dict(),  # unwrapped: loads in one process or in many
+            **weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": plain_state(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(),
@@ -429,7 +463,8 @@ class Trainer:
                 f"{planned} (train.epochs or the training images changed); restore them or use "
                 f"a new train.checkpoint_dir"
             )
-        self.module.load_state_dict(state["model"])
+        self.module.load_state_dict(state.get("train_model", state["model"]))
+        self.restore_ema(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -450,6 +485,16 @@ class Trainer:
             f"(epoch {self.progress.best_epoch})"
         )
         self.log.drop_metrics_after(done)
+
+    def restore_ema(self, state: dict) -> None:
+        """The average where the checkpoint has one; else it restarts from the raw weights."""
+        if self.ema is None:
+            return
+        if "train_model" in state:
+            self.ema.load_state_dict({"module": state["model"], "steps": state["ema_steps"]})
+        else:
+            self.ema.module.load_state_dict(state["model"])
+            self.log.log("train.ema: the checkpoint has no average; it starts from its weights")
 
     def save_last(self, epoch: int, step: int, meter: Meter) -> Path | None:
         """The rolling mid-epoch checkpoint: every rank calls it at the same step (the meter's
@@ -492,6 +537,7 @@ class Trainer:
         """One pass over this rank's share of the training set; returns (summary, seconds)."""
         cfg, rt, log = self.cfg, self.rt, self.log
         model, optimizer = self.model, self.optimizer
+        self.use_resolution(resolution_at(epoch, cfg.data))
         model.train()
         meter = Meter(rt.device)
         start = self.start_step
@@ -529,6 +575,8 @@ class Trainer:
             if applied:
                 bad_streak = 0
                 meter.update(loss, logits, targets)
+                if self.ema is not None:
+                    self.ema.update(self.module)
             else:
                 buffers.restore()
                 bad_streak += 1
@@ -551,6 +599,18 @@ class Trainer:
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         return meter.all_reduce().summary(), time.perf_counter() - t0
+
+    def use_resolution(self, res: int) -> None:
+        """Train at `res` px from now on (progressive resizing); the same sampler seed, so the
+        images and their order do not change with the crop size."""
+        if res == self.train_res:
+            return
+        cfg = self.cfg
+        self.train_data = train_loader(
+            cfg.data, self.index, cfg.train.seed, self.rt, cfg.train.accum_steps, res
+        )
+        self.train_res = res
+        self.log.log(f"Training resolution: {res} px (progressive resizing)")
 
     def note_bad(self, bad: list[str], meter: Meter, budget: float) -> None:
         """Count and name undecodable files; too many of them is an error, not noise."""
@@ -598,8 +658,14 @@ class Trainer:
                 # save) rank 0's everywhere. The plain module: evaluation needs no DDP.
                 dist.broadcast_buffers(self.module)
                 val = evaluate(self.module, self.val_data, rt, val_report)
+                raw = None
+                if self.ema is not None:
+                    raw = val
+                    dist.broadcast_buffers(self.ema.module)
+                    ema_report = self.reporter("val (EMA)", len(self.val_data))
+                    val = evaluate(self.ema.module, self.val_data, rt, ema_report)
                 val_s = time.perf_counter() - t0
-                record = self.end_epoch(epoch, train, val, train_s, val_s)
+                record = self.end_epoch(epoch, train, val, train_s, val_s, raw)
                 if dist.any_true(guard.received is not None) and epoch < cfg.train.epochs:
                     log.log(
                         f"Received {guard.name or 'a signal on another rank'}: stopped after "
@@ -693,14 +759,23 @@ class Trainer:
             price = self.cfg.train.price_per_gpu_hour
             self.log.log(format_summary(write_summary(self.run_dir, devices, price, name)))
 
-    def end_epoch(self, epoch: int, train: dict, val: dict, train_s: float, val_s: float) -> dict:
-        """Best-so-far, the metrics line, the epoch checkpoint and model_best.pth."""
+    def end_epoch(
+        self, epoch: int, train: dict, val: dict, train_s: float, val_s: float, raw: dict | None
+    ) -> dict:
+        """Best-so-far, the metrics line, the epoch checkpoint and model_best.pth.
+
+        `val`: the run's model's validation (the EMA's when train.ema); `raw`: then the raw
+        weights', else None.
+        """
         p = self.progress
         improved = val["top1"] > p.best_top1
         if improved:
             p.best_top1, p.best_epoch = val["top1"], epoch
         p.epoch = epoch
         record = epoch_record(epoch, train, val, train_s, val_s, self.optimizer, self.scheduler, p)
+        record["train_resolution"] = self.train_res
+        if raw is not None:
+            record.update({f"raw_val_{k}": raw[k] for k in ("loss", "top1", "top5")})
         log_epoch(self.log, record, improved)
         self.log.append_metrics(record)
         if dist.is_main():
@@ -755,9 +830,16 @@ def log_epoch(log: RunLog, r: dict, improved: bool) -> None:
         f"Train Loss: {r['train_loss']:.4f} Top-1: {r['train_top1']:.2f}% "
         f"Top-5: {r['train_top5']:.2f}%"
     )
+    ema = " (EMA weights)" if "raw_val_top1" in r else ""
     log.log(
         f"Val Loss: {r['val_loss']:.4f} Top-1: {r['val_top1']:.2f}% Top-5: {r['val_top5']:.2f}%"
+        f"{ema}"
     )
+    if ema:
+        log.log(
+            f"Val Loss: {r['raw_val_loss']:.4f} Top-1: {r['raw_val_top1']:.2f}% "
+            f"Top-5: {r['raw_val_top5']:.2f}% (raw weights)"
+        )
     log.log(
         f"LR: {r['lr']:.6f}  Time: {r['epoch_time_s']:.1f}s (train {r['train_time_s']:.1f}s, "
         f"val {r['val_time_s']:.1f}s)  Throughput: {r['images_per_s']:.0f} img/s"

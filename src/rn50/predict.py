@@ -16,6 +16,7 @@ from PIL import Image
 
 from rn50.checkpoint import check_classes, load_checkpoint
 from rn50.config import Config, from_dict
+from rn50.data.schedule import eval_resolution
 from rn50.errors import CheckpointError, UserError
 from rn50.space_template.inference import (
     INFO_FILE,
@@ -75,7 +76,7 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Config, Model
         arch=cfg.model.arch,
         classes=list(state["classes"]),
         names=list(names),
-        resolution=cfg.data.resolution,
+        resolution=eval_resolution(cfg.data),  # what validation measured
         crop_ratio=cfg.data.crop_ratio,
         epoch=state.get("epoch"),
         best_top1=state.get("best_top1"),

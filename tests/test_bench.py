@@ -84,3 +84,53 @@ def test_text_report_and_bad_arguments(capsys):
     assert main(["bench", "--precisions", "fp8"]) == 2
     assert "--precisions: 'fp8' is not one of" in capsys.readouterr().err
     assert main(["bench", "--repeats", "0"]) == 2
+
+
+def test_progressive_resizing_is_measured_and_projected(capsys):
+    # 3 epochs at 64 px with a ramp from 32 px: epoch 1 at 32, epochs 2-3 at 64.
+    args = [a for a in TINY if a != "--json"]
+    args[args.index("--precisions") + 1] = "bf16"
+    args += [
+        "--json",
+        "--set",
+        "data.resolution=64",
+        "--set",
+        "data.min_resolution=32",
+        "--set",
+        "data.ramp_start_epoch=1",
+        "--set",
+        "data.ramp_end_epoch=2",
+        "--channels-last",
+        "on",
+        "--modes",
+        "cpu",
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    (low,) = result["progressive"]
+    assert low["resolution"] == 32 and low["img_s"] > 0 and low["end_to_end_img_s"] > 0
+    (full,) = result["model"]
+    assert full["resolution"] == 64
+    p = result["projection"]
+    assert p["resolutions"] == [32, 64, 64]
+    data = result["data"][0]["img_s"]
+    seconds = sum(
+        IMAGENET_TRAIN_IMAGES / (min(m, data) * 2)
+        for m in (low["img_s"], full["img_s"], full["img_s"])
+    )
+    assert p["hours"] == pytest.approx(seconds / 3600)
+    assert p["cost"] == pytest.approx(p["hours"] * 2.5 * 2)
+
+
+def test_projection_with_a_resolution_schedule_known_answer():
+    # 2 epochs at 1281.167 img/s (1000 s each) and 1 at 640.5835 (data-bound at 2000: 2000 s).
+    p = projection(
+        model_img_s=1281.167,
+        data_img_s=2000.0,
+        epochs=3,
+        price=1.0,
+        gpus=1,
+        schedule=[(160, 2562.334), (160, 2562.334), (192, 1281.167)],
+    )
+    assert p["epoch_s"] == pytest.approx(1000.0)  # the full-resolution epoch
+    assert p["hours"] == pytest.approx((640.5835 * 2 + 1000.0) / 3600)

@@ -10,7 +10,8 @@ from rn50.optim import build_optimizer, build_scheduler, current_lr, current_mom
 
 
 def expected(step: int, total: int, c: OptimConfig) -> tuple[float, float]:
-    """LR and momentum at `step` (0-based) of OneCycleLR's cosine schedule, from the paper.
+    """LR and momentum at `step` (0-based) of OneCycleLR's schedule (cosine or linear
+    phases, c.anneal_strategy), from the paper.
 
     Phase ends are at pct_start*total - 1 (and 2*pct_start*total - 2 with three phases),
     the last step is total - 1.
@@ -31,6 +32,8 @@ def expected(step: int, total: int, c: OptimConfig) -> tuple[float, float]:
         ]
 
     def cos(a, b, pct):
+        if c.anneal_strategy == "linear":
+            return a + (b - a) * pct
         return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
 
     start = 0.0
@@ -42,9 +45,11 @@ def expected(step: int, total: int, c: OptimConfig) -> tuple[float, float]:
     raise AssertionError
 
 
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
 @pytest.mark.parametrize("three_phase", [True, False])
-def test_lr_and_momentum_at_every_step(three_phase):
+def test_lr_and_momentum_at_every_step(three_phase, anneal):
     c = OptimConfig(
+        anneal_strategy=anneal,
         max_lr=0.8,
         pct_start=0.25,
         div_factor=20,
@@ -67,6 +72,8 @@ def test_lr_and_momentum_at_every_step(three_phase):
     assert expected(0, total, c)[0] == pytest.approx(0.04)
     assert expected(9, total, c)[0] == pytest.approx(0.8)
     assert expected(39, total, c)[0] == pytest.approx(0.04 / 100)
+    if anneal == "linear":  # halfway up the warm-up (steps 0..9), halfway between the LRs
+        assert expected(4.5, total, c)[0] == pytest.approx((0.04 + 0.8) / 2)
 
 
 def test_schedule_continues_exactly_after_state_round_trip():

@@ -71,6 +71,11 @@ class BenchPlan:
     min_scale: float = 0.08
     parts: Sequence[str] = ("model", "data", "e2e")
     epochs: int = 14
+    # Progressive resizing (data.min_resolution ...): the run trains at lower resolutions
+    # early; the best model setting and the end-to-end run are measured at each of them too.
+    min_resolution: int = 0
+    ramp_start_epoch: int = 0
+    ramp_end_epoch: int = 0
     price_per_gpu_hour: float = 0.0
     gpus: int = 1
     threads: int = 0  # torch's CPU threads in this process; 0: torch's default
@@ -106,8 +111,24 @@ def default_plan(cfg: Config, device: torch.device, full: bool = False) -> Bench
         decode=cfg.data.decode,
         min_scale=cfg.data.min_scale,
         epochs=cfg.train.epochs,
+        min_resolution=cfg.data.min_resolution,
+        ramp_start_epoch=cfg.data.ramp_start_epoch,
+        ramp_end_epoch=cfg.data.ramp_end_epoch,
         price_per_gpu_hour=cfg.train.price_per_gpu_hour,
     )
+
+
+def epoch_resolutions(plan: BenchPlan) -> list[int]:
+    """The training resolution of each epoch of the projected run (rn50.data.schedule)."""
+    from rn50.data.schedule import resolution_at
+
+    data = DataConfig(
+        resolution=plan.resolution,
+        min_resolution=plan.min_resolution,
+        ramp_start_epoch=plan.ramp_start_epoch,
+        ramp_end_epoch=plan.ramp_end_epoch,
+    )
+    return [resolution_at(e, data) for e in range(1, plan.epochs + 1)]
 
 
 def _powers_of_two(n: int) -> list[int]:
@@ -385,11 +406,25 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
 # The whole benchmark
 
 
-def projection(model_img_s: float, data_img_s: float, epochs: int, price: float, gpus: int) -> dict:
-    """Epoch time and run cost of ImageNet-1k at the slower of the two rates."""
+def projection(
+    model_img_s: float,
+    data_img_s: float,
+    epochs: int,
+    price: float,
+    gpus: int,
+    schedule: Sequence[tuple[int, float]] = (),
+) -> dict:
+    """Epoch time and run cost of ImageNet-1k at the slower of the two rates.
+
+    `schedule`: with progressive resizing, (resolution, model img/s) of each epoch; the run's
+    time is then the sum of its epochs' (epoch_s stays the full-resolution epoch).
+    """
     rate = min(model_img_s, data_img_s)
     epoch_s = IMAGENET_TRAIN_IMAGES / (rate * gpus)
-    hours = epoch_s * epochs / 3600
+    run_s = epoch_s * epochs
+    if schedule:
+        run_s = sum(IMAGENET_TRAIN_IMAGES / (min(m, data_img_s) * gpus) for _, m in schedule)
+    hours = run_s / 3600
     return {
         "images_per_epoch": IMAGENET_TRAIN_IMAGES,
         "model_img_s": model_img_s,
@@ -400,6 +435,7 @@ def projection(model_img_s: float, data_img_s: float, epochs: int, price: float,
         "epoch_s": epoch_s,
         "epochs": epochs,
         "hours": hours,
+        "resolutions": [r for r, _ in schedule],
         "price_per_gpu_hour": price,
         "cost": hours * price * gpus,
     }
@@ -438,6 +474,7 @@ def _run(plan: BenchPlan, say) -> dict:
                         say(f"model: batch {bs} {precision} channels_last={cl} compile={compiled}")
                         result["model"].append(bench_model(plan, bs, precision, cl, compiled))
     with tempfile.TemporaryDirectory(prefix="rn50-bench-") as tmp:
+        samples = None
         if "data" in plan.parts or "e2e" in plan.parts:
             samples, source = bench_files(plan, Path(tmp))
             result["data_source"] = source
@@ -451,18 +488,47 @@ def _run(plan: BenchPlan, say) -> dict:
             cl = best["channels_last"] if best else True
             say(f"end to end: decode {plan.decode}, {plan.e2e_workers} worker(s)")
             result["end_to_end"] = bench_end_to_end(plan, samples, precision, cl)
+        lower = sorted(set(epoch_resolutions(plan)) - {plan.resolution})
+        best = _best(result.get("model", []))
+        if lower and best:
+            result["progressive"] = _bench_lower(plan, lower, best, samples, say)
     result["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     best_model = _best(result.get("model", []))
     best_data = _best([r for r in result.get("data", []) if r["mode"] != "torchvision"])
     if best_model and best_data:
+        rates = {r["resolution"]: r["img_s"] for r in result.get("progressive", [])}
+        rates[plan.resolution] = best_model["img_s"]
+        schedule = [(r, rates[r]) for r in epoch_resolutions(plan)] if len(rates) > 1 else []
         result["projection"] = projection(
-            best_model["img_s"], best_data["img_s"], plan.epochs, plan.price_per_gpu_hour, plan.gpus
+            best_model["img_s"],
+            best_data["img_s"],
+            plan.epochs,
+            plan.price_per_gpu_hour,
+            plan.gpus,
+            schedule,
         )
         result["projection"]["model_setting"] = {
             k: best_model[k] for k in ("batch_size", "precision", "channels_last", "compile")
         }
         result["projection"]["data_setting"] = {k: best_data[k] for k in ("mode", "workers")}
     return result
+
+
+def _bench_lower(plan: BenchPlan, resolutions, best: dict, samples, say) -> list[dict]:
+    """The best model setting, and the end-to-end run, at each lower training resolution."""
+    out = []
+    for res in resolutions:
+        at = dataclasses.replace(plan, resolution=res, batch_sizes=(best["batch_size"],))
+        say(f"progressive resizing: {res} px")
+        record = bench_model(
+            at, best["batch_size"], best["precision"], best["channels_last"], best["compile"]
+        )
+        if samples is not None and "e2e" in plan.parts:
+            e2e = bench_end_to_end(at, samples, best["precision"], best["channels_last"])
+            record["end_to_end_img_s"] = e2e["img_s"]
+        if "img_s" in record:
+            out.append(record)
+    return out
 
 
 def _best(records: list[dict]) -> dict | None:
@@ -522,6 +588,14 @@ def format_report(result: dict) -> str:
             f"End to end (decode {e['decode']}, {e['workers']} worker(s), batch "
             f"{e['batch_size']}, {e['precision']}): {e['img_s']:.1f} images/s",
         ]
+    if result.get("progressive"):
+        lines += ["", "Progressive resizing: the best model setting at each lower resolution:"]
+        for r in result["progressive"]:
+            e2e = r.get("end_to_end_img_s")
+            lines.append(
+                f"  {r['resolution']:>4} px  model {r['img_s']:9.1f} img/s"
+                + (f"  end to end {e2e:9.1f} img/s" if e2e is not None else "")
+            )
     if result.get("projection"):
         p = result["projection"]
         lines += [
@@ -529,7 +603,12 @@ def format_report(result: dict) -> str:
             f"ImageNet-1k projection: {p['images_per_epoch']:,} images / "
             f"min(data {p['data_img_s']:.1f}, model {p['model_img_s']:.1f}) img/s "
             f"x {p['gpus']} GPU(s) = {_duration(p['epoch_s'])} per epoch "
-            f"({p['bottleneck']} bound); {p['epochs']} epochs = {p['hours']:.1f} h",
+            f"({p['bottleneck']} bound); {p['epochs']} epochs = {p['hours']:.1f} h"
+            + (
+                f" (progressive resizing {min(p['resolutions'])}-{max(p['resolutions'])} px)"
+                if p.get("resolutions")
+                else ""
+            ),
         ]
         if p["price_per_gpu_hour"]:
             lines.append(f"  cost at {p['price_per_gpu_hour']:g}/GPU-hour: {p['cost']:.2f}")

@@ -116,6 +116,9 @@ class OptimConfig:
     """initial LR = max_lr / div_factor."""
     final_div_factor: float = 1e4
     """final LR = initial LR / final_div_factor."""
+    anneal_strategy: str = "cos"
+    """shape of each phase of the cycle: cos (cosine, the reference run's) or linear (a
+    straight ramp up and down: the triangle of FFCV's ResNet-50 recipes)."""
     three_phase: bool = True
     """warm up, anneal back to the initial LR symmetrically, then decay to the final LR."""
     cycle_momentum: bool = True
@@ -234,6 +237,7 @@ class Config:
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
+ANNEAL = ("cos", "linear")  # torch OneCycleLR's anneal_strategy
 RULES = ("steepest", "minimum", "edge", "divergence")
 PROGRESS = ("auto", "bar", "lines", "off")
 
@@ -434,6 +438,9 @@ def validate(cfg: Config) -> None:
     _check(0 < o.pct_start < 1, "optim.pct_start", f"must be in (0, 1), got {o.pct_start}")
     if o.three_phase:
         _check(o.pct_start < 0.5, "optim.pct_start", "must be below 0.5 when three_phase is true")
+    _check(
+        o.anneal_strategy in ANNEAL, "optim.anneal_strategy", f"must be one of {', '.join(ANNEAL)}"
+    )
     _check(o.div_factor > 0, "optim.div_factor", f"must be positive, got {o.div_factor}")
     _check(
         o.final_div_factor >= 1,

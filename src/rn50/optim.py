@@ -41,7 +41,8 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.OneCycleLR:
     """OneCycleLR over `total_steps` optimizer steps (epochs x steps per epoch), stepped per batch.
 
-    LR rises from max_lr/div_factor to max_lr over pct_start of the steps (cosine), then falls
+    LR rises from max_lr/div_factor to max_lr over pct_start of the steps (cosine or linear,
+    cfg.anneal_strategy), then falls
     to max_lr/(div_factor*final_div_factor); with three_phase it first falls back to the
     initial LR symmetrically. With cycle_momentum, momentum moves the opposite way between
     max_momentum and base_momentum.
@@ -51,7 +52,7 @@ def build_scheduler(
         max_lr=cfg.max_lr,
         total_steps=total_steps,
         pct_start=cfg.pct_start,
-        anneal_strategy="cos",
+        anneal_strategy=cfg.anneal_strategy,
         cycle_momentum=cfg.cycle_momentum,
         base_momentum=cfg.base_momentum,
         max_momentum=cfg.max_momentum,

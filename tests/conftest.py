@@ -40,6 +40,27 @@ def tiny_data(tmp_path_factory) -> Path:
     return write_digit_tree(tmp_path_factory.mktemp("tiny"), train_per_class=16)
 
 
+@pytest.fixture(scope="session")
+def demo48(tmp_path_factory) -> tuple[Path, Path]:
+    """(root, skip list): the embedded demo dataset (`rn50 data demo`: Kaggle layout, 10 digit
+    classes) at 32 px, and a skip list that leaves 48 training images (5 of classes 0-7, 4 of
+    8-9) and the first 12 validation images, for runs that must take seconds."""
+    from rn50.data.demo import write_demo_dataset
+
+    tmp = tmp_path_factory.mktemp("demo48")
+    index = write_demo_dataset(tmp / "demo", size=32)
+    keep, per_class = set(), {}
+    for path, label in index.train:
+        if per_class.get(label, 0) < (5 if label < 8 else 4):
+            per_class[label] = per_class.get(label, 0) + 1
+            keep.add(path)
+    keep.update(path for path, _ in index.val[:12])
+    skip = tmp / "skip.txt"
+    everything = [path for path, _ in index.train + index.val]
+    skip.write_text("".join(f"{p}\n" for p in everything if p not in keep))
+    return tmp / "demo", skip
+
+
 def tiny_config(data_dir: Path, run_dir: Path, **sections) -> Config:
     """A config that trains ResNet-50 on `tiny_data` at 32 px in a few seconds."""
     overrides = [

@@ -1,4 +1,5 @@
-"""Training under torchrun: real 2-rank runs (gloo, CPU) against 1-process runs on tiny_data.
+"""Training under torchrun: real 2-rank runs (gloo, CPU) against 1-process runs on the demo
+dataset (48 of its training images and 12 of its validation images: the demo48 fixture).
 
 Known answers: a 2-rank evaluation equals a 1-process one exactly; 2 ranks and 1 process
 accumulating 2 micro-batches take the same first step (to float tolerance); a 2-rank
@@ -25,7 +26,7 @@ from rn50.errors import CheckpointError
 from rn50.runlog import read_metrics
 from tests.conftest import assert_same_weights, tiny_config, without_timing
 
-STEPS = 3  # tiny_data: 48 train images / global batch 16 (8 a rank x 2 ranks)
+STEPS = 3  # demo48: 48 train images / global batch 16 (8 a rank x 2 ranks)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores: one thread each
 
 
@@ -39,12 +40,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def config(data_dir: Path, run_dir: Path, **sections):
-    """tiny_config with ResNet-18 in fp32 (exact comparisons), overridable per section."""
-    base = {"model": {"arch": "resnet18"}, "train": {"precision": "fp32"}}
+def config(dataset: tuple[Path, Path], run_dir: Path, **sections):
+    """tiny_config for demo48 (`dataset`: its root and skip list) with ResNet-18 in fp32
+    (exact comparisons), overridable per section."""
+    root, skip_list = dataset
+    base = {
+        "data": {"skip_list": skip_list},
+        "model": {"arch": "resnet18", "num_classes": 10},
+        "train": {"precision": "fp32"},
+    }
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
-    return tiny_config(data_dir, run_dir, **base)
+    return tiny_config(root, run_dir, **base)
 
 
 def write_config(tmp_path: Path, cfg) -> Path:
@@ -81,10 +88,10 @@ def assert_close_weights(a: dict, b: dict, rtol: float = 1e-4) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, tiny_data) -> Path:
+def two_ranks(tmp_path_factory, demo48) -> Path:
     """A 2-epoch run on 2 ranks with batch 8 each: global batch 16, 3 steps an epoch."""
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = config(tiny_data, tmp / "run")
+    cfg = config(demo48, tmp / "run")
     out = run(torchrun("train", "--config", str(write_config(tmp, cfg))))
     (tmp / "run" / "stdout.txt").write_text(out.stdout)
     return tmp / "run"
@@ -125,16 +132,16 @@ def test_two_rank_validation_equals_one_process_evaluation(two_ranks, capsys):
         assert out.count(line) == 1, out
 
 
-def test_two_ranks_take_the_step_of_one_process_accumulating_two(tiny_data, tmp_path):
+def test_two_ranks_take_the_step_of_one_process_accumulating_two(demo48, tmp_path):
     # One step an epoch (global batch 48 = all images), plain SGD: the weights move by -LR x
     # the gradient, so comparing the moves compares the first step's gradients. The LR of 1000
     # lifts the moves far above the float rounding of the weights they are added to.
     sgd = {"max_lr": 1000.0, "div_factor": 1.0, "momentum": 0.0, "cycle_momentum": False,
            "weight_decay": 0.0}  # fmt: skip
-    two = config(tiny_data, tmp_path / "two", data={"batch_size": 24}, optim=sgd,
+    two = config(demo48, tmp_path / "two", data={"batch_size": 24}, optim=sgd,
                  train={"epochs": 1})  # fmt: skip
     run(torchrun("train", "--config", str(write_config(tmp_path, two))))
-    one = config(tiny_data, tmp_path / "one", data={"batch_size": 24}, optim=sgd,
+    one = config(demo48, tmp_path / "one", data={"batch_size": 24}, optim=sgd,
                  train={"epochs": 1, "accum_steps": 2})  # fmt: skip
     fit(one)
     start = params(tmp_path / "two" / "initial_model.pth")
@@ -146,7 +153,7 @@ def test_two_ranks_take_the_step_of_one_process_accumulating_two(tiny_data, tmp_
     assert max(d.abs().max().item() for d in moved["two"].values()) > 1e-2  # a real step
     assert_close_weights(moved["one"], moved["two"], rtol=1e-3)
     # The same images in one batch of 48 normalize differently: the test tells them apart.
-    whole = config(tiny_data, tmp_path / "whole", data={"batch_size": 48}, optim=sgd,
+    whole = config(demo48, tmp_path / "whole", data={"batch_size": 48}, optim=sgd,
                    train={"epochs": 1})  # fmt: skip
     fit(whole)
     end = params(tmp_path / "whole" / "checkpoint_epoch_001.pth")
@@ -162,9 +169,9 @@ def resume_copy(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def test_two_rank_checkpoint_resumes_on_two_ranks_and_on_one(two_ranks, tiny_data, tmp_path):
+def test_two_rank_checkpoint_resumes_on_two_ranks_and_on_one(two_ranks, demo48, tmp_path):
     again = resume_copy(two_ranks, tmp_path / "again")
-    out = run(torchrun("train", "--config", str(write_config(tmp_path, config(tiny_data, again)))))
+    out = run(torchrun("train", "--config", str(write_config(tmp_path, config(demo48, again)))))
     assert f"Loaded checkpoint '{again}/checkpoint_epoch_001.pth' (epoch 1)" in out.stdout
     assert_same_weights(
         load_checkpoint(again / "checkpoint_epoch_002.pth")["model"],
@@ -172,8 +179,8 @@ def test_two_rank_checkpoint_resumes_on_two_ranks_and_on_one(two_ranks, tiny_dat
     )
     one = resume_copy(two_ranks, tmp_path / "one")
     with pytest.raises(CheckpointError, match=r"global batch of 16 .* set train.accum_steps=2"):
-        fit(config(tiny_data, one))
-    fit(config(tiny_data, one, train={"accum_steps": 2}))
+        fit(config(demo48, one))
+    fit(config(demo48, one, train={"accum_steps": 2}))
     assert_close_weights(
         params(one / "checkpoint_epoch_002.pth"), params(two_ranks / "checkpoint_epoch_002.pth")
     )
@@ -181,10 +188,10 @@ def test_two_rank_checkpoint_resumes_on_two_ranks_and_on_one(two_ranks, tiny_dat
     assert a[0] == b[0] and a[1]["step"] == b[1]["step"] == 2 * STEPS
 
 
-def test_sigterm_stops_every_rank_at_one_step_and_resumes_on_one_process(tiny_data, tmp_path):
+def test_sigterm_stops_every_rank_at_one_step_and_resumes_on_one_process(demo48, tmp_path):
     # Batch 4 a rank: 6 steps an epoch, time for the signal to land mid-epoch.
     data, every_step = {"batch_size": 4}, {"log_every": 1}
-    cfg = config(tiny_data, tmp_path / "run", data=data, train=every_step)
+    cfg = config(demo48, tmp_path / "run", data=data, train=every_step)
     proc = subprocess.Popen(
         torchrun("train", "--config", str(write_config(tmp_path, cfg))),
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -210,8 +217,8 @@ def test_sigterm_stops_every_rank_at_one_step_and_resumes_on_one_process(tiny_da
     # The 2-rank mid-epoch checkpoint goes on in 1 process accumulating 2 micro-batches, and
     # ends where 1 process doing so from the start ends.
     accum = {"accum_steps": 2, **every_step}
-    resumed = fit(config(tiny_data, tmp_path / "run", data=data, train=accum))
-    straight = fit(config(tiny_data, tmp_path / "straight", data=data, train=accum))
+    resumed = fit(config(demo48, tmp_path / "run", data=data, train=accum))
+    straight = fit(config(demo48, tmp_path / "straight", data=data, train=accum))
     assert resumed["train_images"] == straight["train_images"] == 48
     assert_close_weights(
         params(tmp_path / "run" / "checkpoint_epoch_002.pth"),
@@ -235,8 +242,8 @@ def worker_pid(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers in /proc")
-def test_killed_rank_restarts_the_group_which_finishes_the_run(two_ranks, tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path / "run", train={"save_every_steps": 1, "log_every": 1})
+def test_killed_rank_restarts_the_group_which_finishes_the_run(two_ranks, demo48, tmp_path):
+    cfg = config(demo48, tmp_path / "run", train={"save_every_steps": 1, "log_every": 1})
     proc = subprocess.Popen(
         torchrun("train", "--config", str(write_config(tmp_path, cfg)), max_restarts=1),
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -262,12 +269,12 @@ def test_killed_rank_restarts_the_group_which_finishes_the_run(two_ranks, tiny_d
     )
 
 
-def test_half_set_torchrun_environment_is_one_clear_error(tiny_data, tmp_path, monkeypatch, capsys):
+def test_half_set_torchrun_environment_is_one_clear_error(demo48, tmp_path, monkeypatch, capsys):
     for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    path = write_config(tmp_path, config(tiny_data, tmp_path / "run"))
+    path = write_config(tmp_path, config(demo48, tmp_path / "run"))
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
@@ -282,7 +289,7 @@ def test_sync_bn_on_cpus_is_refused_and_compile_keeps_plain_weights(tmp_path, mo
     import rn50.engine as engine
     from rn50.errors import ConfigError
 
-    cfg = config(tmp_path, tmp_path / "run", model={"sync_bn": True})
+    cfg = config((tmp_path, ""), tmp_path / "run", model={"sync_bn": True})
     rt = engine.make_runtime(cfg)
     model = engine.build_model(cfg.model)
     assert engine.parallelize(model, cfg, rt) == (model, model)  # one process: no effect
@@ -303,10 +310,10 @@ def test_scale_lr_follows_the_per_256_rule(tmp_path):
     from rn50.errors import ConfigError
     from rn50.runlog import ConsoleLog
 
-    cfg = config(tmp_path, tmp_path / "run", optim={"max_lr": 0.1, "scale_lr": True})
+    cfg = config((tmp_path, ""), tmp_path / "run", optim={"max_lr": 0.1, "scale_lr": True})
     assert scaled_lr(cfg.optim, 1024, ConsoleLog()).max_lr == pytest.approx(0.4)
     assert scaled_lr(cfg.optim, 64, ConsoleLog()).max_lr == pytest.approx(0.025)
     cfg.optim.scale_lr = False
     assert scaled_lr(cfg.optim, 1024, ConsoleLog()).max_lr == 0.1
     with pytest.raises(ConfigError, match="optim.scale_lr must be false with optim.max_lr: auto"):
-        config(tmp_path, tmp_path / "run", optim={"max_lr": "auto", "scale_lr": True})
+        config((tmp_path, ""), tmp_path / "run", optim={"max_lr": "auto", "scale_lr": True})

@@ -1,8 +1,11 @@
-"""Each model-path switch trains on the digits data; EMA and progressive resizing are wired in.
+"""Each model-path switch trains on the demo data; EMA and progressive resizing are wired in.
 
-The switches are trained with resnet18 at 32 px (the training loop does not depend on the
-arch) so that each costs seconds on a CPU.
+The switches are trained on 48 images of the demo dataset (the demo48 fixture) with
+resnet18 at 32 px (the training loop does not depend on the arch), so that each costs
+seconds on a CPU.
 """
+
+import shutil
 
 import pytest
 import torch
@@ -12,10 +15,20 @@ from rn50.engine import Trainer, evaluate_checkpoint, fit
 from rn50.runlog import read_metrics
 from tests.conftest import assert_same_run, assert_same_weights, tiny_config
 
-SMALL = {"arch": "resnet18"}
+SMALL = {"arch": "resnet18", "num_classes": 10}
+
+
+def demo_config(demo48, run_dir, **sections):
+    """tiny_config on demo48: its root, with its skip list."""
+    root, skip_list = demo48
+    sections["data"] = {"skip_list": skip_list, **sections.get("data", {})}
+    return tiny_config(root, run_dir, **sections)
 
 SWITCHES = {
     "channels_last off": {"model": {"channels_last": False}},
+    # Inductor compiles ResNet-18's train and eval graphs with the system C++ compiler: about
+    # 40 s on 2 cores, the slowest case here.
+    "compile": {"train": {"compile": True}},
     "zero_init_residual off": {"model": {"zero_init_residual": False}},
     "fused off": {"optim": {"fused": False}},
     "bn weight decay on": {"optim": {"no_bn_weight_decay": False}},
@@ -33,11 +46,13 @@ SWITCHES = {
 
 
 @pytest.mark.parametrize("switch", SWITCHES)
-def test_each_switch_trains(tiny_data, tmp_path, switch):
+def test_each_switch_trains(demo48, tmp_path, switch):
+    if switch == "compile" and not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (apt install g++)")
     sections = {k: dict(v) for k, v in SWITCHES[switch].items()}
     sections["model"] = {**SMALL, **sections.get("model", {})}
     sections["train"] = {"epochs": 1, "precision": "bf16", **sections.get("train", {})}
-    cfg = tiny_config(tiny_data, tmp_path / "run", **sections)
+    cfg = demo_config(demo48, tmp_path / "run", **sections)
     trainer = Trainer(cfg)
     initial = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     record = trainer.fit()
@@ -59,11 +74,11 @@ def input_sizes(trainer: Trainer) -> list[tuple[bool, int]]:
     return seen
 
 
-def test_progressive_resizing_follows_its_schedule(tiny_data, tmp_path):
+def test_progressive_resizing_follows_its_schedule(demo48, tmp_path):
     # 32 px up to epoch 1, 96 px from epoch 3, linear in multiples of 32 between: 64 at 2.
     data = {"resolution": 96, "min_resolution": 32, "ramp_start_epoch": 1,
             "ramp_end_epoch": 3, "eval_resolution": 64}
-    cfg = tiny_config(tiny_data, tmp_path / "run", data=data, model=SMALL, train={"epochs": 3})
+    cfg = demo_config(demo48, tmp_path / "run", data=data, model=SMALL, train={"epochs": 3})
     trainer = Trainer(cfg)
     seen = input_sizes(trainer)
     trainer.fit()
@@ -76,9 +91,9 @@ def test_progressive_resizing_follows_its_schedule(tiny_data, tmp_path):
     assert "Training resolution: 64 px" in log and "Training resolution: 96 px" in log
 
 
-def test_ema_is_the_runs_model_and_the_raw_weights_are_kept(tiny_data, tmp_path):
+def test_ema_is_the_runs_model_and_the_raw_weights_are_kept(demo48, tmp_path):
     run = tmp_path / "run"
-    cfg = tiny_config(tiny_data, run, model=SMALL, train={"ema": True, "ema_decay": 0.9})
+    cfg = demo_config(demo48, run, model=SMALL, train={"ema": True, "ema_decay": 0.9})
     fit(cfg)
     state = load_checkpoint(run / "checkpoint_epoch_002.pth")
     assert state["ema_steps"] == 12
@@ -97,7 +112,7 @@ class Killed(Exception):
     pass
 
 
-def test_ema_and_resizing_resume_mid_epoch_exactly(tiny_data, tmp_path, monkeypatch):
+def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch):
     """A run stopped in epoch 2 (the resolution just changed) resumes from last.pth to the
     same metrics and the same raw and averaged weights as a run never stopped."""
     sections = {
@@ -106,7 +121,7 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(tiny_data, tmp_path, monkeypa
         "model": SMALL,
         "train": {"ema": True, "ema_decay": 0.9, "save_every_steps": 2},
     }
-    fit(tiny_config(tiny_data, tmp_path / "straight", **sections))
+    fit(demo_config(demo48, tmp_path / "straight", **sections))
 
     run = tmp_path / "run"
     original = Trainer.after_step
@@ -118,10 +133,10 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(tiny_data, tmp_path, monkeypa
 
     monkeypatch.setattr(Trainer, "after_step", dies_at_step_9)
     with pytest.raises(Killed):
-        fit(tiny_config(tiny_data, run, **sections))
+        fit(demo_config(demo48, run, **sections))
     monkeypatch.setattr(Trainer, "after_step", original)
     assert load_checkpoint(run / "last.pth")["step_in_epoch"] == 2
-    fit(tiny_config(tiny_data, run, **sections))
+    fit(demo_config(demo48, run, **sections))
 
     assert_same_run(run, tmp_path / "straight")  # metrics, LR series, "model" (the EMA)
     a = load_checkpoint(run / "checkpoint_epoch_002.pth")

@@ -38,11 +38,16 @@ class ModelEMA:
         if self.steps % self.every:
             return
         weight = 1.0 - self.decay**self.every
+        floats, targets = [], []
         for ema, value in self._pairs(model):
             if ema.is_floating_point():
-                ema.lerp_(value.detach(), weight)
+                floats.append(ema)
+                targets.append(value.detach())
             else:
                 ema.copy_(value)
+        # One fused kernel launch per group of tensors instead of one per tensor (~320 for
+        # ResNet-50), which on a GPU costs more than the arithmetic.
+        torch._foreach_lerp_(floats, targets, weight)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "steps": self.steps}

@@ -120,9 +120,12 @@ def main() -> None:
         setting.step()  # warm-up: allocation, autotuning, the fused kernels' first launch
         settings[name] = (setting, cfg.data.resolution)
     runs: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(args.repeats):
-        for name, (setting, _) in settings.items():
-            runs[name].append(setting.timed())
+    names = list(settings)
+    for i in range(args.repeats):
+        # A different setting goes first in each repeat: the first one after a pause runs
+        # slower on a CPU (caches, frequency), which must not always hit the same setting.
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            runs[name].append(settings[name][0].timed())
     base = statistics.median(runs[next(iter(runs))])
     rows = [
         {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement BENCHMARKS.md wants, in one call (about 10 minutes on one H100):
+# Every GPU measurement BENCHMARKS.md wants, in one call (not yet run on a GPU: each step
+# writes its file when it finishes, so a call cut short keeps what it measured):
 #
 #   OUT=/tmp/gpu PRICE=2.5 bash benchmarks/gpu_run.sh
 #
@@ -21,6 +22,7 @@ small=()
 switches=(--resolution 224 --batch 256 --steps 10 --repeats 3)
 if [[ -n "${QUICK:-}" ]]; then
   small=(--set model.arch=resnet18 --set data.resolution=64 --set data.min_resolution=32
+         --set data.ramp_start_epoch=1 --set data.ramp_end_epoch=2 --set train.epochs=3
          --batch-sizes 4 --steps 1 --repeats 1 --images 16 --workers 1)
   switches=(--resolution 32 --batch 4 --steps 1 --repeats 1)
 fi

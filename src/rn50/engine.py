@@ -375,7 +375,7 @@ class Trainer:
         model = build_model(cfg.model)
         torch.manual_seed(cfg.train.seed + dist.rank())  # anything else random: one stream a rank
         # Progressive resizing changes the crop size between epochs: train_data is rebuilt
-        # when it does (see loader_for), and the schedule's length does not depend on it.
+        # when it does (use_resolution); the number of steps an epoch does not depend on it.
         self.train_res = resolution_at(1, cfg.data)
         self.train_data = train_loader(
             cfg.data, self.index, cfg.train.seed, rt, accum, self.train_res

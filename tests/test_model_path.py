@@ -143,3 +143,24 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch
     b = load_checkpoint(tmp_path / "straight" / "checkpoint_epoch_002.pth")
     assert_same_weights(a["train_model"], b["train_model"])
     assert a["ema_steps"] == b["ema_steps"] == 12
+
+
+def test_ema_batchnorm_statistics_are_recomputed_on_training_batches(demo48, tmp_path):
+    """The EMA model's BatchNorm statistics are the plain average over train.ema_bn_batches
+    batches of what each BatchNorm sees, not an average over the weights' past."""
+    train = {"epochs": 1, "ema": True, "ema_decay": 0.9, "ema_bn_batches": 3,
+             "precision": "fp32"}  # fmt: skip
+    cfg = demo_config(demo48, tmp_path / "run", model=SMALL, train=train)
+    trainer = Trainer(cfg)
+    means = []
+
+    def record(module, args):
+        if module.training:  # the calibration passes (evaluation runs in eval mode)
+            means.append(args[0].float().mean(dim=(0, 2, 3)))
+
+    trainer.ema.module.bn1.register_forward_pre_hook(record)
+    trainer.fit()
+    assert len(means) == 3
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint_epoch_001.pth")["model"]
+    torch.testing.assert_close(saved["bn1.running_mean"], torch.stack(means).mean(0))
+    assert saved["bn1.num_batches_tracked"] == 3

@@ -186,6 +186,10 @@ class TrainConfig:
     ema_decay: float = 0.9998
     """EMA weight of the past per optimizer step; it averages over about 1/(1-decay) steps
     (0.9998: 5,000 steps, under one ImageNet epoch at a global batch of 256)."""
+    ema_bn_batches: int = 100
+    """before each evaluation, recompute the EMA model's BatchNorm statistics from this many
+    training batches (forward passes only). 0: average them with the weights instead, which
+    only describes the averaged network when the weights move slowly (long runs)."""
     checkpoint_dir: str = "runs/imagenet"
     """the run directory: config, logs, metrics.jsonl and checkpoints go here."""
     resume: bool = True
@@ -474,6 +478,7 @@ def validate(cfg: Config) -> None:
     )
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(0 < t.ema_decay < 1, "train.ema_decay", f"must be in (0, 1), got {t.ema_decay}")
+    _check(t.ema_bn_batches >= 0, "train.ema_bn_batches", "must be 0 or more")
     _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
     _check(t.log_every >= 0, "train.log_every", "must be 0 or more")
     _check(t.log_every_seconds >= 0, "train.log_every_seconds", "must be 0 or more")

@@ -600,6 +600,38 @@ class Trainer:
             torch.cuda.synchronize(rt.device)
         return meter.all_reduce().summary(), time.perf_counter() - t0
 
+    @torch.no_grad()
+    def calibrate_ema(self, epoch: int) -> None:
+        """Recompute the EMA model's BatchNorm statistics on train.ema_bn_batches batches of
+        this epoch (its first ones again, with the same augmentations).
+
+        Averaged like the weights, the statistics mix those of networks the weights passed
+        through, and fit none of them: on the demo (264 steps, ema_decay 0.99) the averaged
+        weights scored 61% with averaged statistics and 94% with recomputed ones.
+        """
+        n = self.cfg.train.ema_bn_batches
+        module, rt = self.ema.module, self.rt
+        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not n or not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches, not a moving one
+        module.train()
+        self.train_data.sampler.set_epoch(epoch)
+        for i, (images, targets, _) in enumerate(self.train_data):
+            if i == n:
+                break
+            if len(targets) < 2:
+                continue
+            images, _ = to_device(images, targets, rt.device, rt.channels_last)
+            with autocast(rt):
+                module(images)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        module.eval()
+
     def use_resolution(self, res: int) -> None:
         """Train at `res` px from now on (progressive resizing); the same sampler seed, so the
         images and their order do not change with the crop size."""
@@ -661,6 +693,7 @@ class Trainer:
                 raw = None
                 if self.ema is not None:
                     raw = val
+                    self.calibrate_ema(epoch)
                     dist.broadcast_buffers(self.ema.module)
                     ema_report = self.reporter("val (EMA)", len(self.val_data))
                     val = evaluate(self.ema.module, self.val_data, rt, ema_report)

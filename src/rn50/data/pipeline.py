@@ -23,6 +23,13 @@ from rn50.data.gpu import DeviceDecodeLoader, GpuEvalPrep, GpuTrainPrep, collate
 from rn50.data.loader import Sample, build_loader, collate_skipping_bad
 from rn50.data.transforms import EvalTransform, TrainTransform, load_rgb
 
+# mode -> (what a worker reads, train transform, eval transform, collate)
+MODES = {
+    "pil": (load_rgb, TrainTransform, EvalTransform, collate_skipping_bad),
+    "cpu": (read_bytes, FastTrainTransform, FastEvalTransform, collate_skipping_bad),
+    "gpu": (read_bytes, GpuTrainPrep, GpuEvalPrep, collate_encoded),
+}
+
 
 def transforms_for(
     mode: str,
@@ -33,28 +40,12 @@ def transforms_for(
     crop_ratio: float = 0.875,
 ):
     """(read, transform, collate) of a mode: what a worker does with a path."""
-    if mode == "pil":
-        transform = (
-            TrainTransform(resolution, min_scale, hflip)
-            if train
-            else EvalTransform(resolution, crop_ratio)
-        )
-        return load_rgb, transform, collate_skipping_bad
-    if mode == "cpu":
-        transform = (
-            FastTrainTransform(resolution, min_scale, hflip)
-            if train
-            else FastEvalTransform(resolution, crop_ratio)
-        )
-        return read_bytes, transform, collate_skipping_bad
-    if mode == "gpu":
-        transform = (
-            GpuTrainPrep(resolution, min_scale, hflip)
-            if train
-            else GpuEvalPrep(resolution, crop_ratio)
-        )
-        return read_bytes, transform, collate_encoded
-    raise ValueError(f"unknown data.decode mode {mode!r}; one of {', '.join(DECODE_MODES)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown data.decode mode {mode!r}; one of {', '.join(DECODE_MODES)}")
+    read, train_cls, eval_cls, collate = MODES[mode]
+    if train:
+        return read, train_cls(resolution, min_scale, hflip), collate
+    return read, eval_cls(resolution, crop_ratio), collate
 
 
 def make_loader(

@@ -164,12 +164,24 @@ def _train_step(model, images, targets, optimizer, scaler, criterion, device, am
     scaler.update()
 
 
+def _training_setup(plan: BenchPlan, precision: str, channels_last: bool):
+    """(model, optimizer, scaler, criterion, memory_format) for timing training steps: the
+    plan's arch on its device, seeded, plain SGD, loss scaling for fp16."""
+    from rn50.model import build_model
+
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
+    model.to(plan.device, memory_format=memory_format).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
+    return model, optimizer, scaler, nn.CrossEntropyLoss(), memory_format
+
+
 def bench_model(
     plan: BenchPlan, batch_size: int, precision: str, channels_last: bool, compiled: bool
 ) -> dict:
     """Training img/s of one setting on synthetic data: {..., img_s, runs} or {..., error}."""
-    from rn50.model import build_model
-
     record = {
         "arch": plan.arch,
         "resolution": plan.resolution,
@@ -179,13 +191,9 @@ def bench_model(
         "compile": compiled,
     }
     device, amp_dtype = plan.device, _AMP[precision]
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
-    model.to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    criterion = nn.CrossEntropyLoss()
+    model, optimizer, scaler, criterion, memory_format = _training_setup(
+        plan, precision, channels_last
+    )
     images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
@@ -351,17 +359,10 @@ def ratios(data: list[dict]) -> list[dict]:
 def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bool) -> dict:
     """Training img/s with the loader feeding the model (the plan's decode mode and workers)."""
     from rn50.data.batch import to_device
-    from rn50.model import build_model
 
     device, amp_dtype = plan.device, _AMP[precision]
     batch_size = plan.batch_sizes[0]
-    torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
-    model.to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    criterion = nn.CrossEntropyLoss()
+    model, optimizer, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
     from rn50.data.pipeline import make_loader
 
     cfg = DataConfig(

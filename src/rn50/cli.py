@@ -367,13 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rn50 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name, func, **kw):
-        p = sub.add_parser(
-            name,
-            help=func.__doc__.splitlines()[0],
-            description=func.__doc__,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **kw,
+    def add(name, func, parent=sub, **kw):
+        """A subcommand of `parent` whose help is `func`'s docstring and which runs `func`."""
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        p = parent.add_parser(
+            name, help=func.__doc__.splitlines()[0], description=func.__doc__, **kw
         )
         p.set_defaults(func=func)
         return p
@@ -425,19 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    p = data_sub.add_parser(
-        "demo", help=cmd_data_demo.__doc__.splitlines()[0], description=cmd_data_demo.__doc__
-    )
+    p = add("demo", cmd_data_demo, data_sub, formatter_class=argparse.HelpFormatter)
     p.add_argument("out", metavar="DIR", help="where to write the dataset")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.set_defaults(func=cmd_data_demo)
 
-    p = data_sub.add_parser(
-        "check",
-        help=cmd_data_check.__doc__.splitlines()[0],
-        description=cmd_data_check.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add("check", cmd_data_check, data_sub)
     p.add_argument("path", metavar="PATH", help="dataset root (ImageFolder or Kaggle ILSVRC)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="decoding processes (default: every CPU this process may use)")
@@ -447,20 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a fixed copy to this new or empty folder")
     p.add_argument("--max-paths", type=int, default=10, metavar="N",
                    help="paths shown per list in the text report (default 10)")
-    p.set_defaults(func=cmd_data_check)
 
-    p = data_sub.add_parser(
-        "show",
-        help=cmd_data_show.__doc__.splitlines()[0],
-        description=cmd_data_show.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add("show", cmd_data_show, data_sub)
     _config_args(p)
     p.add_argument("--out", metavar="FILE",
                    help="PNG to write (default <checkpoint_dir>/samples.png)")
     p.add_argument("--count", type=int, default=16, metavar="N",
                    help="images in the grid (default 16)")
-    p.set_defaults(func=cmd_data_show)
 
     p = add("runs", cmd_runs)
     p.add_argument("dir", nargs="?", default="runs", metavar="DIR",
@@ -468,12 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", nargs="+", metavar="RUN", help="run dirs whose curves to overlay")
     p.add_argument("--out", default="runs_compare.png", metavar="FILE",
                    help="PNG for --plot (default runs_compare.png)")
-    p = data_sub.add_parser(
-        "prepare",
-        help=cmd_data_prepare.__doc__.splitlines()[0],
-        description=cmd_data_prepare.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add("prepare", cmd_data_prepare, data_sub)
     p.add_argument("src", metavar="SRC", help="dataset root (ImageFolder or Kaggle ILSVRC)")
     p.add_argument("dst", metavar="DST", help="where to write the copy (new, empty, or resumed)")
     p.add_argument("--max-side", type=int, default=512, metavar="PX",
@@ -481,7 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes (default: every CPU this process may use)")
-    p.set_defaults(func=cmd_data_prepare)
 
     p = add("bench", cmd_bench)
     _config_args(p, required=False)

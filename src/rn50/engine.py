@@ -376,10 +376,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + dist.rank())  # anything else random: one stream a rank
         # Progressive resizing changes the crop size between epochs: train_data is rebuilt
         # when it does (use_resolution); the number of steps an epoch does not depend on it.
-        self.train_res = resolution_at(1, cfg.data)
-        self.train_data = train_loader(
-            cfg.data, self.index, cfg.train.seed, rt, accum, self.train_res
-        )
+        self.train_res: int | None = None
+        self.use_resolution(resolution_at(1, cfg.data))
         self.val_data = eval_loader(cfg.data, self.index, rt)
         if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
             initial_weights(model, cfg.train, log)
@@ -633,16 +631,18 @@ class Trainer:
         module.eval()
 
     def use_resolution(self, res: int) -> None:
-        """Train at `res` px from now on (progressive resizing); the same sampler seed, so the
-        images and their order do not change with the crop size."""
+        """Train at `res` px from now on: (re)build the training loader when the size changes
+        (progressive resizing). The same sampler seed, so the images and their order do not
+        change with the crop size."""
         if res == self.train_res:
             return
+        if self.train_res is not None:
+            self.log.log(f"Training resolution: {res} px (progressive resizing)")
         cfg = self.cfg
         self.train_data = train_loader(
             cfg.data, self.index, cfg.train.seed, self.rt, cfg.train.accum_steps, res
         )
         self.train_res = res
-        self.log.log(f"Training resolution: {res} px (progressive resizing)")
 
     def note_bad(self, bad: list[str], meter: Meter, budget: float) -> None:
         """Count and name undecodable files; too many of them is an error, not noise."""

@@ -80,6 +80,14 @@ def tiny_config(data_dir: Path, run_dir: Path, **sections) -> Config:
     return load_config(None, overrides)
 
 
+def demo48_config(demo48: tuple[Path, Path], run_dir: Path, **sections) -> Config:
+    """tiny_config on the demo48 fixture (its root, with its skip list; 10 classes)."""
+    root, skip_list = demo48
+    sections["data"] = {"skip_list": skip_list, **sections.get("data", {})}
+    sections["model"] = {"num_classes": 10, **sections.get("model", {})}
+    return tiny_config(root, run_dir, **sections)
+
+
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory, tiny_data):
     """An uninterrupted 2-epoch ResNet-50 run on tiny_data, in this process, 2 data workers."""

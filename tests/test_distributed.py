@@ -24,7 +24,7 @@ from rn50.config import from_dict
 from rn50.engine import evaluate_checkpoint, fit
 from rn50.errors import CheckpointError
 from rn50.runlog import read_metrics
-from tests.conftest import assert_same_weights, tiny_config, without_timing
+from tests.conftest import assert_same_weights, demo48_config, without_timing
 
 STEPS = 3  # demo48: 48 train images / global batch 16 (8 a rank x 2 ranks)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 ranks on 2 cores: one thread each
@@ -41,17 +41,12 @@ def one_thread():
 
 
 def config(dataset: tuple[Path, Path], run_dir: Path, **sections):
-    """tiny_config for demo48 (`dataset`: its root and skip list) with ResNet-18 in fp32
-    (exact comparisons), overridable per section."""
-    root, skip_list = dataset
-    base = {
-        "data": {"skip_list": skip_list},
-        "model": {"arch": "resnet18", "num_classes": 10},
-        "train": {"precision": "fp32"},
-    }
+    """demo48_config (`dataset`: demo48's root and skip list) with ResNet-18 in fp32 (exact
+    comparisons), overridable per section."""
+    base = {"model": {"arch": "resnet18"}, "train": {"precision": "fp32"}}
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
-    return tiny_config(root, run_dir, **base)
+    return demo48_config(dataset, run_dir, **base)
 
 
 def write_config(tmp_path: Path, cfg) -> Path:

@@ -13,16 +13,9 @@ import torch
 from rn50.checkpoint import load_checkpoint
 from rn50.engine import Trainer, evaluate_checkpoint, fit
 from rn50.runlog import read_metrics
-from tests.conftest import assert_same_run, assert_same_weights, tiny_config
+from tests.conftest import assert_same_run, assert_same_weights, demo48_config
 
-SMALL = {"arch": "resnet18", "num_classes": 10}
-
-
-def demo_config(demo48, run_dir, **sections):
-    """tiny_config on demo48: its root, with its skip list."""
-    root, skip_list = demo48
-    sections["data"] = {"skip_list": skip_list, **sections.get("data", {})}
-    return tiny_config(root, run_dir, **sections)
+SMALL = {"arch": "resnet18"}
 
 SWITCHES = {
     "channels_last off": {"model": {"channels_last": False}},
@@ -52,7 +45,7 @@ def test_each_switch_trains(demo48, tmp_path, switch):
     sections = {k: dict(v) for k, v in SWITCHES[switch].items()}
     sections["model"] = {**SMALL, **sections.get("model", {})}
     sections["train"] = {"epochs": 1, "precision": "bf16", **sections.get("train", {})}
-    cfg = demo_config(demo48, tmp_path / "run", **sections)
+    cfg = demo48_config(demo48, tmp_path / "run", **sections)
     trainer = Trainer(cfg)
     initial = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     record = trainer.fit()
@@ -78,7 +71,7 @@ def test_progressive_resizing_follows_its_schedule(demo48, tmp_path):
     # 32 px up to epoch 1, 96 px from epoch 3, linear in multiples of 32 between: 64 at 2.
     data = {"resolution": 96, "min_resolution": 32, "ramp_start_epoch": 1,
             "ramp_end_epoch": 3, "eval_resolution": 64}
-    cfg = demo_config(demo48, tmp_path / "run", data=data, model=SMALL, train={"epochs": 3})
+    cfg = demo48_config(demo48, tmp_path / "run", data=data, model=SMALL, train={"epochs": 3})
     trainer = Trainer(cfg)
     seen = input_sizes(trainer)
     trainer.fit()
@@ -93,7 +86,7 @@ def test_progressive_resizing_follows_its_schedule(demo48, tmp_path):
 
 def test_ema_is_the_runs_model_and_the_raw_weights_are_kept(demo48, tmp_path):
     run = tmp_path / "run"
-    cfg = demo_config(demo48, run, model=SMALL, train={"ema": True, "ema_decay": 0.9})
+    cfg = demo48_config(demo48, run, model=SMALL, train={"ema": True, "ema_decay": 0.9})
     fit(cfg)
     state = load_checkpoint(run / "checkpoint_epoch_002.pth")
     assert state["ema_steps"] == 12
@@ -121,7 +114,7 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch
         "model": SMALL,
         "train": {"ema": True, "ema_decay": 0.9, "save_every_steps": 2},
     }
-    fit(demo_config(demo48, tmp_path / "straight", **sections))
+    fit(demo48_config(demo48, tmp_path / "straight", **sections))
 
     run = tmp_path / "run"
     original = Trainer.after_step
@@ -133,10 +126,10 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch
 
     monkeypatch.setattr(Trainer, "after_step", dies_at_step_9)
     with pytest.raises(Killed):
-        fit(demo_config(demo48, run, **sections))
+        fit(demo48_config(demo48, run, **sections))
     monkeypatch.setattr(Trainer, "after_step", original)
     assert load_checkpoint(run / "last.pth")["step_in_epoch"] == 2
-    fit(demo_config(demo48, run, **sections))
+    fit(demo48_config(demo48, run, **sections))
 
     assert_same_run(run, tmp_path / "straight")  # metrics, LR series, "model" (the EMA)
     a = load_checkpoint(run / "checkpoint_epoch_002.pth")
@@ -150,7 +143,7 @@ def test_ema_batchnorm_statistics_are_recomputed_on_training_batches(demo48, tmp
     batches of what each BatchNorm sees, not an average over the weights' past."""
     train = {"epochs": 1, "ema": True, "ema_decay": 0.9, "ema_bn_batches": 3,
              "precision": "fp32"}  # fmt: skip
-    cfg = demo_config(demo48, tmp_path / "run", model=SMALL, train=train)
+    cfg = demo48_config(demo48, tmp_path / "run", model=SMALL, train=train)
     trainer = Trainer(cfg)
     means = []
 

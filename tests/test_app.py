@@ -197,6 +197,7 @@ def test_cmyk_upload_is_converted_and_classified(page, ckpt, files):
 def test_clicking_an_example_classifies_it(page, ckpt, files):
     photos, _, _ = files
     examples = page.locator(".gallery-item")
+    examples.nth(3).wait_for()  # count() does not wait: the gallery may not be drawn yet
     assert examples.count() == 4
     before = page.evaluate(STATUS_TEXT_JS)
     examples.nth(1).click()  # coffee: the examples are in the order of rn50.predict.EXAMPLES

@@ -86,7 +86,7 @@ def test_text_report_and_bad_arguments(capsys):
     assert main(["bench", "--repeats", "0"]) == 2
 
 
-def test_progressive_resizing_is_measured_and_projected(capsys):
+def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):
     # 3 epochs at 64 px with a ramp from 32 px: epoch 1 at 32, epochs 2-3 at 64.
     args = [a for a in TINY if a != "--json"]
     args[args.index("--precisions") + 1] = "bf16"
@@ -120,6 +120,14 @@ def test_progressive_resizing_is_measured_and_projected(capsys):
     )
     assert p["hours"] == pytest.approx(seconds / 3600)
     assert p["cost"] == pytest.approx(p["hours"] * 2.5 * 2)
+    # Read back with --from and the same run: the same projection, nothing measured again.
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(result))
+    ramp = [a for a in args if a.startswith("data.") or a.startswith("train.epochs")]
+    again = ["bench", "--json", "--from", str(saved), "--price-per-gpu-hour", "2.5", "--gpus", "2"]
+    assert main(again + [x for a in ramp for x in ("--set", a)]) == 0
+    reread = json.loads(capsys.readouterr().out)
+    assert reread["projection"] == p and reread["projected_from"] == str(saved)
 
 
 def test_projection_with_a_resolution_schedule_known_answer():
@@ -134,3 +142,66 @@ def test_projection_with_a_resolution_schedule_known_answer():
     )
     assert p["epoch_s"] == pytest.approx(1000.0)  # the full-resolution epoch
     assert p["hours"] == pytest.approx((640.5835 * 2 + 1000.0) / 3600)
+
+
+def measured(tmp_path, progressive=True):
+    """A hand-written `rn50 bench --json` result: the model step at 64 px (1281.167 img/s at
+    best: 1000 s an ImageNet epoch) and at 32 px (2562.334), data at 2000 img/s at best."""
+    def model(img_s, precision):
+        return {"resolution": 64, "img_s": img_s, "batch_size": 4, "precision": precision,
+                "channels_last": True, "compile": False}  # fmt: skip
+
+    result = {
+        "device": "a test card",
+        "plan": {"resolution": 64},
+        "model": [model(900.0, "fp32"), model(1281.167, "bf16")],
+        "data": [  # torchvision: the baseline, not an rn50 mode
+            {"mode": m, "workers": 4, "img_s": v, "img_s_per_worker": v / 4}
+            for m, v in (("torchvision", 9000.0), ("cpu", 2000.0), ("pil", 1500.0))
+        ],
+        "progressive": [{**model(2562.334, "bf16"), "resolution": 32}] if progressive else [],
+    }
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+RAMP = ("--set data.resolution=64 --set data.min_resolution=32 --set data.ramp_start_epoch=1"
+        " --set data.ramp_end_epoch=2 --set train.epochs=3").split()  # fmt: skip
+
+
+def test_from_projects_another_run_from_saved_figures_known_answer(tmp_path, capsys):
+    # Epochs at 32, 64, 64 px on 2 GPUs: the 32 px epoch is data-bound (2000 img/s: 640.58 s,
+    # 320.29 s on 2 GPUs), the 64 px ones model-bound (1000 s, 500 s on 2).
+    args = ["bench", "--json", "--from", str(measured(tmp_path)), *RAMP, "--gpus", "2",
+            "--price-per-gpu-hour", "3"]  # fmt: skip
+    assert main(args) == 0
+    p = json.loads(capsys.readouterr().out)["projection"]
+    assert p["resolutions"] == [32, 64, 64]
+    assert p["epoch_s"] == pytest.approx(500.0)
+    assert p["hours"] == pytest.approx((320.29175 + 500.0 + 500.0) / 3600)
+    assert p["cost"] == pytest.approx(p["hours"] * 3 * 2)
+    assert p["model_setting"]["precision"] == "bf16"  # the fastest setting
+    assert p["data_setting"] == {"mode": "cpu", "workers": 4}  # the fastest rn50 mode
+    # and as text
+    assert main([a for a in args if a != "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "Projected from the measurements in" in out and "cost at 3/GPU-hour: 2.20" in out
+
+
+def test_from_refuses_what_its_figures_cannot_answer(tmp_path, capsys):
+    no_low = str(measured(tmp_path, progressive=False))
+    cases = {
+        # the schedule needs 32 px, measured only at 64
+        ("--from", no_low, *RAMP): "no model figure at 32 px (measured at 64 px)",
+        # the run trains at 128 px
+        ("--from", no_low, "--set", "data.resolution=128"): "measured at 64 px, the run trains",
+        ("--from", no_low, "--steps", "3"): "--from measures nothing: leave out --steps",
+        ("--from", no_low, "--device", "cpu"): "leave out --device",
+        ("--from", str(tmp_path / "none.json")): "cannot read",
+        ("--from", __file__): "is not JSON",
+    }
+    for args, message in cases.items():
+        assert main(["bench", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)

@@ -494,24 +494,86 @@ def _run(plan: BenchPlan, say) -> dict:
         if lower and best:
             result["progressive"] = _bench_lower(plan, lower, best, samples, say)
     result["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    try:
+        projected = project(result, plan)
+    except ValueError as e:  # a lower resolution's measurement failed
+        say(f"no projection: {e}")
+        projected = None
+    if projected:
+        result["projection"] = projected
+    return result
+
+
+def project(result: dict, plan: BenchPlan) -> dict | None:
+    """The projection of `plan`'s run (its epochs, resolution schedule, GPUs and price) from
+    the measurements in `result` (run_bench's, or one read back from its JSON): the fastest
+    model setting, the fastest rn50 data mode, and the model rate at each lower resolution.
+    None without a model and a data figure; ValueError when a resolution of the schedule,
+    or the full resolution itself, was not measured."""
     best_model = _best(result.get("model", []))
     best_data = _best([r for r in result.get("data", []) if r["mode"] != "torchvision"])
-    if best_model and best_data:
-        rates = {r["resolution"]: r["img_s"] for r in result.get("progressive", [])}
-        rates[plan.resolution] = best_model["img_s"]
-        schedule = [(r, rates[r]) for r in epoch_resolutions(plan)] if len(rates) > 1 else []
-        result["projection"] = projection(
-            best_model["img_s"],
-            best_data["img_s"],
-            plan.epochs,
-            plan.price_per_gpu_hour,
-            plan.gpus,
-            schedule,
+    if not (best_model and best_data):
+        return None
+    measured = best_model.get("resolution", plan.resolution)
+    if plan.resolution != measured:
+        raise ValueError(
+            f"the model step was measured at {measured} px, the run trains at "
+            f"{plan.resolution} px"
         )
-        result["projection"]["model_setting"] = {
-            k: best_model[k] for k in ("batch_size", "precision", "channels_last", "compile")
-        }
-        result["projection"]["data_setting"] = {k: best_data[k] for k in ("mode", "workers")}
+    rates = {r["resolution"]: r["img_s"] for r in result.get("progressive", []) if "img_s" in r}
+    rates[measured] = best_model["img_s"]
+    wanted = epoch_resolutions(plan)
+    missing = sorted(set(wanted) - set(rates))
+    if missing:
+        raise ValueError(
+            f"no model figure at {', '.join(map(str, missing))} px "
+            f"(measured at {', '.join(map(str, sorted(rates)))} px)"
+        )
+    schedule = [(r, rates[r]) for r in wanted] if len(set(wanted)) > 1 else []
+    out = projection(
+        best_model["img_s"],
+        best_data["img_s"],
+        plan.epochs,
+        plan.price_per_gpu_hour,
+        plan.gpus,
+        schedule,
+    )
+    out["model_setting"] = {
+        k: best_model[k] for k in ("batch_size", "precision", "channels_last", "compile")
+    }
+    out["data_setting"] = {k: best_data[k] for k in ("mode", "workers")}
+    return out
+
+
+def reproject(result: dict, plan: BenchPlan, source: str) -> dict:
+    """`result` (an earlier `rn50 bench --json`, read from `source`) with the projection of
+    `plan`'s run instead of its own: another recipe, price or GPU count, nothing measured
+    again. A UserError when the measurements cannot answer for `plan`."""
+    from rn50.errors import UserError
+
+    try:
+        projected = project(result, plan)
+    except ValueError as e:
+        raise UserError(f"{source}: {e}; run rn50 bench with this config instead") from None
+    if projected is None:
+        raise UserError(
+            f"{source}: needs a model and a data measurement (it was run with --only)"
+        )
+    return {**result, "projection": projected, "projected_from": source}
+
+
+def read_result(path: str) -> dict:
+    """An `rn50 bench --json` output file; a UserError naming what is wrong with it."""
+    from rn50.errors import UserError
+
+    try:
+        result = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"--from: cannot read {path}: {e.strerror or e}") from None
+    except ValueError:
+        raise UserError(f"--from: {path} is not JSON (write it with rn50 bench --json)") from None
+    if not isinstance(result, dict) or "plan" not in result or "device" not in result:
+        raise UserError(f"--from: {path} is not the output of rn50 bench --json")
     return result
 
 
@@ -546,7 +608,7 @@ def _device_name(device: torch.device) -> str:
 def format_report(result: dict) -> str:
     """The readable tables of a run_bench result."""
     lines = [
-        f"device: {result['device']}  torch {result['torch']}  "
+        f"device: {result['device']}  torch {result.get('torch', '?')}  "
         f"load average at start {_load(result.get('load_avg_start'))}, "
         f"at end {_load(result.get('load_avg_end'))}"
     ]
@@ -571,7 +633,7 @@ def format_report(result: dict) -> str:
         }
         lines += [
             "",
-            f"Data path alone, {result['data_source']}, images/s:",
+            f"Data path alone, {result.get('data_source', '?')}, images/s:",
             f"  {'mode':<12}  {'workers':>7}  {'img/s':>9}  {'per worker':>10}  "
             f"{'vs torchvision':>14}",
         ]
@@ -599,6 +661,8 @@ def format_report(result: dict) -> str:
             )
     if result.get("projection"):
         p = result["projection"]
+        if result.get("projected_from"):
+            lines += ["", f"Projected from the measurements in {result['projected_from']}."]
         lines += [
             "",
             f"ImageNet-1k projection: {p['images_per_epoch']:,} images / "

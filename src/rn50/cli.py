@@ -305,6 +305,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# bench's flags that choose what to measure (meaningless with --from).
+MEASURE_FLAGS = ("full", "only", "batch_sizes", "precisions", "compile", "channels_last",
+                 "modes", "workers", "images", "data_dir", "steps", "repeats", "threads")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure training speed: model step, data path, both together; project an ImageNet run.
 
@@ -316,9 +321,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     min(data, model) img/s, and the run costs hours x --price-per-gpu-hour x --gpus.
     Medians of --repeats runs. A CPU gets a small matrix unless --full (fp16 and compile
     there take long); lists given here replace the defaults. --json prints JSON.
+
+    --from FILE measures nothing: it projects the config's run (its epochs and resolution
+    schedule, --gpus, --price-per-gpu-hour) from an earlier --json result, e.g. another
+    recipe or another price from one GPU measurement.
     """
     import dataclasses
     import json
+
+    import torch
 
     from rn50.bench import (
         DATA_MODES,
@@ -326,13 +337,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         default_plan,
         format_report,
         parse_list,
+        read_result,
+        reproject,
         run_bench,
     )
     from rn50.config import load_config
     from rn50.engine import resolve_device
 
     cfg = load_config(args.config, args.overrides)
-    plan = default_plan(cfg, resolve_device(args.device or cfg.train.device), args.full)
+    # --from needs no device: only the run's length, schedule and price are read from cfg.
+    device = "cpu" if args.from_file else resolve_device(args.device or cfg.train.device)
+    plan = default_plan(cfg, torch.device(device), args.full)
     changes = {
         "batch_sizes": args.batch_sizes and parse_list(args.batch_sizes, int, "--batch-sizes"),
         "precisions": args.precisions
@@ -352,6 +367,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {changes[name]}")
     plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
+    if args.from_file:
+        measuring = [f"--{k.replace('_', '-')}" for k in MEASURE_FLAGS if getattr(args, k)]
+        if measuring or args.device:
+            flags = ", ".join(measuring + (["--device"] if args.device else []))
+            raise UserError(f"--from measures nothing: leave out {flags}")
+        result = reproject(read_result(args.from_file), plan, args.from_file)
+        print(json.dumps(result, indent=1) if args.json else format_report(result))
+        return 0
     # Progress goes to stderr, so that stdout holds only the table or the JSON.
     result = run_bench(plan, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_report(result))
@@ -464,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, required=False)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: train.device)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="measure nothing: project the config's run from an earlier --json "
+                   "result")
     p.add_argument("--full", action="store_true",
                    help="the whole matrix: fp16 too, compile on and off, more workers/batches")
     p.add_argument("--only", metavar="PARTS", help="some of model,data,e2e (default all)")

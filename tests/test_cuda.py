@@ -1,0 +1,152 @@
+"""What only a CUDA device shows: nvJPEG decoding, the GPU data path on the GPU, training in
+each precision there (fp16 with its loss scaler), a GPU checkpoint evaluated on the CPU, and
+torchrun with NCCL.
+
+Skipped where no CUDA device is visible (CI has none); benchmarks/gpu_run.sh runs this file
+on a GPU. `RN50_TEST_DEVICE=cpu pytest tests/test_cuda.py` runs the same checks on the CPU
+(libjpeg instead of nvJPEG, gloo instead of NCCL, bf16 only), which is how the tests
+themselves are checked on a machine without a GPU.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from rn50.checkpoint import load_checkpoint
+from rn50.config import DataConfig
+from rn50.data import decode, gpu
+from rn50.data.layout import find_dataset
+from rn50.data.photos import write_imagenet_like
+from rn50.data.pipeline import make_loader
+from rn50.engine import evaluate_checkpoint, fit
+from rn50.runlog import read_metrics
+from tests.conftest import demo48_config
+
+DEVICE = torch.device(os.environ.get("RN50_TEST_DEVICE", "cuda"))
+CPU = torch.device("cpu")
+ON_GPU = DEVICE.type == "cuda"
+
+pytestmark = pytest.mark.skipif(
+    ON_GPU and not torch.cuda.is_available(), reason="needs a CUDA device"
+)
+
+# nvJPEG and libjpeg-turbo implement the inverse DCT and the chroma upsampling differently:
+# a level or two apart on a pixel, far below the tens of levels between two crops.
+DECODER_MEAN = 2.0 if ON_GPU else 0.0
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """8 ImageNet-like photos in 2 classes, a CMYK and a grayscale JPEG, a PNG named .JPEG and
+    an empty file: 12 files, 3 training batches of 4 (no file dropped)."""
+    root = write_imagenet_like(tmp_path_factory.mktemp("cuda-data"), 8, classes=2)
+    first = root / "train" / "class_0" / "00000.JPEG"
+    img = Image.open(first).convert("RGB")
+    img.convert("CMYK").save(root / "train" / "class_1" / "cmyk.JPEG", quality=90)
+    img.convert("L").save(root / "train" / "class_0" / "gray.JPEG", quality=90)
+    img.save(root / "train" / "class_1" / "png.JPEG", format="PNG")
+    (root / "train" / "class_0" / "empty.JPEG").write_bytes(b"")
+    return find_dataset(root)
+
+
+def mean_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.cpu().int() - b.cpu().int()).abs().float().mean().item()
+
+
+def jpegs(photos) -> list[str]:
+    return [p for p, _ in photos.train if p.endswith(tuple(f"{i}.JPEG" for i in range(10)))]
+
+
+def test_device_decoder_agrees_with_libjpeg(photos):
+    paths = jpegs(photos)
+    datas = [torch.from_numpy(decode.read_bytes(p)) for p in paths]
+    decoded = gpu.decode_jpegs(datas, DEVICE)  # one batched call
+    for data, pixels in zip(datas, decoded, strict=True):
+        assert pixels.device.type == DEVICE.type and pixels.dtype == torch.uint8
+        h, w, _ = decode.probe(data.numpy())
+        host = torch.from_numpy(decode.decode(data.numpy(), h, w, True)).permute(2, 0, 1)
+        assert pixels.shape == host.shape
+        assert mean_diff(pixels, host) <= DECODER_MEAN
+    # the control: two different photos are tens of levels apart
+    a, b = decoded[0], decoded[1]
+    if a.shape == b.shape:
+        assert mean_diff(a, b) > 15
+
+
+def test_fixed_crop_on_the_device_matches_the_cpu_path(photos):
+    for path in jpegs(photos)[:4]:
+        data = decode.read_bytes(path)
+        h, w, _ = decode.probe(data)
+        box = (h // 10, w // 7, h * 2 // 3, w // 2)
+        host = decode.resized_crop(decode.decode(data, h, w, True), box, 160, (h, w))
+        (pixels,) = gpu.decode_jpegs([torch.from_numpy(data)], DEVICE)
+        dev = gpu.place(pixels, box, (160, 160), None, flip=True)
+        assert dev.device.type == DEVICE.type and dev.shape == (3, 160, 160)
+        assert mean_diff(dev, host.flip(-1)) <= DECODER_MEAN + 0.5
+
+
+def test_gpu_mode_batches_arrive_on_the_device_with_the_cpu_modes_labels(photos):
+    def batches(mode, device):
+        cfg = DataConfig(resolution=64, workers=2, decode=mode, batch_size=4)
+        loader = make_loader(cfg, photos.train, train=True, batch_size=4, device=device, seed=3)
+        loader.sampler.set_epoch(1)
+        return list(loader)
+
+    ref, got = batches("cpu", CPU), batches("gpu", DEVICE)
+    assert [b.targets.tolist() for b in got] == [b.targets.tolist() for b in ref]
+    assert [sorted(b.bad) for b in got] == [sorted(b.bad) for b in ref]
+    assert sum(len(b.bad) for b in got) == 1  # the empty file; CMYK, gray and PNG decode
+    for b, r in zip(got, ref, strict=True):
+        assert b.images.device.type == DEVICE.type and b.images.dtype == torch.uint8
+        assert b.images.shape == r.images.shape
+        # the cpu mode may decode at a DCT scale of 1/2..1/8 for a 64 px crop
+        assert mean_diff(b.images, r.images) < 6
+
+
+PRECISIONS = ("fp16", "bf16", "fp32") if ON_GPU else ("bf16",)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_training_on_the_device_then_evaluating_on_the_cpu(demo48, tmp_path, precision):
+    run = tmp_path / "run"
+    train = {"device": DEVICE.type, "precision": precision, "epochs": 2, "ema": True}
+    cfg = demo48_config(demo48, run, model={"arch": "resnet18"}, train=train,
+                        data={"decode": "gpu", "workers": 2})  # fmt: skip
+    record = fit(cfg)
+    assert record["epoch"] == 2 and record["train_images"] == 48
+    assert torch.isfinite(torch.tensor([record["train_loss"], record["val_loss"]])).all()
+    state = load_checkpoint(run / "checkpoint_epoch_002.pth")
+    if precision == "fp16":  # the loss scaler ran and its state is kept for resume
+        assert state["scaler"]["scale"] > 0
+    # the same weights evaluated again on the device, and on the CPU in fp32: the validation
+    # set has 12 images, so one image is 8.33 points; the device's own result may differ by
+    # a changed convolution algorithm at most on one image, the CPU's by float error
+    again = evaluate_checkpoint(state, "device", cfg)
+    assert abs(again["top1"] - record["val_top1"]) <= 100 / 12 + 1e-6
+    on_cpu = demo48_config(demo48, run, model={"arch": "resnet18"},
+                           train={"device": "cpu", "precision": "fp32"})  # fmt: skip
+    host = evaluate_checkpoint(state, "cpu", on_cpu)
+    assert abs(host["top1"] - record["val_top1"]) <= 100 / 12 + 1e-6
+    assert abs(host["loss"] - record["val_loss"]) < 0.1 * max(1.0, record["val_loss"])
+
+
+def test_torchrun_on_the_device(demo48, tmp_path):
+    # One rank: NCCL on a GPU (gloo on the CPU); the process group, the device per local rank
+    # and the distributed sampler all take part.
+    run = tmp_path / "run"
+    cfg = demo48_config(demo48, run, model={"arch": "resnet18"},
+                        train={"device": DEVICE.type, "epochs": 1})  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.to_yaml())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           "-m", "rn50", "train", "--config", str(path)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (record,) = read_metrics(run / "metrics.jsonl")
+    assert record["train_images"] == 48
+    log = next(run.glob("training_log_*.txt")).read_text()
+    assert f"Training on {DEVICE.type}" in log

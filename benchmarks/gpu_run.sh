@@ -1,51 +1,127 @@
 #!/usr/bin/env bash
-# Every GPU measurement BENCHMARKS.md wants, in one call (not yet run on a GPU: each step
-# writes its file when it finishes, so a call cut short keeps what it measured):
+# Every GPU measurement BENCHMARKS.md wants, and the CUDA tests, in one call of a few minutes:
 #
 #   OUT=/tmp/gpu PRICE=2.5 bash benchmarks/gpu_run.sh
 #
-# writes into $OUT: device.txt (card, driver, torch), bench-224.json (model step for each
-# precision x channels_last at 224 px, data modes incl. decode gpu, end to end; the reference
-# recipe's projection), bench-16ep.json (the 16-epoch recipe: 192 px, its 160 px stage, its
-# projected time and cost at $PRICE per GPU-hour), switches.json (benchmarks/model_switches.py
-# at 224 px, batch 256) and demo-gpu-decode.txt (the demo trained 2 epochs with
-# data.decode=gpu). DEVICE=cpu QUICK=1 runs the same steps in miniature, to check the script.
-set -euo pipefail
+# With this checkout's .venv (make) it uses that; otherwise python3 with the machine's own
+# PyTorch and rn50 from src/ (for an image without rn50's other requirements, see
+# benchmarks/gpu_wheels.sh). Each step has a time limit, and all of them together BUDGET
+# seconds (default 480): a step that fails or runs out of time is noted in run.txt, the
+# others go on, and each file is written when its step ends. Into $OUT (7 files):
+#
+#   run.txt          the card, driver, torch; each step's exit status and seconds, and the
+#                    end of its errors when it failed; the 32- and 40-epoch recipes'
+#                    projections, from bench-16ep.json
+#   bench-224.json   rn50 bench of configs/imagenet-reference.yaml: model step for fp32/bf16 x
+#                    channels_last at 224 px, the data modes (decode gpu included) with 1 and
+#                    all cores' workers, end to end, the reference run's projection at $PRICE
+#   bench-16ep.json  the same for configs/rn50-16-epochs.yaml: 192 px and its 160 px stage,
+#                    its projected time and cost
+#   cuda-tests.txt   pytest tests/test_cuda.py (nvJPEG, the GPU data path, fp16/bf16/fp32
+#                    training, a GPU checkpoint on the CPU, torchrun with NCCL)
+#   switches.json    benchmarks/model_switches.py at 224 px, batch 256
+#   demo-gpu.txt     `make demo`'s training on the GPU with data.decode=gpu
+#   compile.json     the model step with torch.compile off and on (bf16, channels_last)
+#
+# DEVICE=cpu QUICK=1 runs the same steps in miniature, to check the script without a GPU.
+set -uo pipefail
 OUT=${OUT:?set OUT to a folder for the results}
 PRICE=${PRICE:-0}
 DEVICE=${DEVICE:-cuda}
-RN50=${RN50:-.venv/bin/rn50}
-PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
-
-small=()
-switches=(--resolution 224 --batch 256 --steps 10 --repeats 3)
-if [[ -n "${QUICK:-}" ]]; then
-  small=(--set model.arch=resnet18 --set data.resolution=64 --set data.min_resolution=32
-         --set data.ramp_start_epoch=1 --set data.ramp_end_epoch=2 --set train.epochs=3
-         --batch-sizes 4 --steps 1 --repeats 1 --images 16 --workers 1)
-  switches=(--resolution 32 --batch 4 --steps 1 --repeats 1)
+BUDGET=${BUDGET:-480}
+if [[ -z "${PY:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+LOG="$OUT/run.txt"
+START=$SECONDS
 
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
-  "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision",
-torchvision.__version__, "cuda", torch.version.cuda, torch.cuda.is_available() and
-torch.cuda.get_device_name(0))'
-  nproc
-} > "$OUT/device.txt" 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+  echo "cores: $(nproc)  python: $("$PY" -V 2>&1)"
+} > "$LOG"
 
-"$RN50" bench --config configs/imagenet-reference.yaml --device "$DEVICE" --json \
-  --price-per-gpu-hour "$PRICE" "${small[@]}" > "$OUT/bench-224.json"
-"$RN50" bench --config configs/rn50-16-epochs.yaml --device "$DEVICE" --json \
-  --price-per-gpu-hour "$PRICE" "${small[@]}" > "$OUT/bench-16ep.json"
-"$PY" benchmarks/model_switches.py --device "$DEVICE" --json "${switches[@]}" \
-  > "$OUT/switches.json"
+# The imports every step needs: a missing one stops here, before anything is measured.
+if ! "$PY" - >> "$LOG" 2>&1 <<'PYEOF'
+import importlib, sys
+missing = []
+for name in ("torch", "torchvision", "numpy", "PIL", "yaml", "tqdm", "matplotlib", "skimage",
+             "sklearn", "simplejpeg", "torchinfo", "pytest", "rn50"):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        missing.append(name)
+import torch, torchvision
+print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda",
+      torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))
+if missing:
+    sys.exit(f"missing: {', '.join(missing)} (benchmarks/gpu_wheels.sh)")
+PYEOF
+then
+  cat "$LOG"
+  exit 2
+fi
 
-"$RN50" data demo data/demo > /dev/null
-"$RN50" train --config configs/demo.yaml --set data.decode=gpu --set train.epochs=2 \
-  --set train.device="$DEVICE" --set train.checkpoint_dir="$OUT/demo-gpu-decode" \
-  --set train.progress=lines > "$OUT/demo-gpu-decode.txt" 2>&1
-rm -f "$OUT"/demo-gpu-decode/*.pth
-echo "results in $OUT"
+# step NAME LIMIT_S OUTFILE CMD...: run CMD with stdout to OUTFILE, within LIMIT_S and what
+# is left of BUDGET; note its status.
+step() {
+  local name=$1 limit=$2 out=$3
+  shift 3
+  local left=$((BUDGET - (SECONDS - START)))
+  if ((left < 20)); then
+    echo "$name: skipped, the budget is spent" >> "$LOG"
+    return
+  fi
+  ((limit > left)) && limit=$left
+  local t0=$SECONDS err
+  err=$(mktemp)
+  timeout "$limit" "$@" > "$out" 2> "$err"
+  local rc=$?
+  echo "$name: exit $rc in $((SECONDS - t0)) s (limit $limit s)" >> "$LOG"
+  if ((rc != 0)); then tail -n 25 "$err" | sed 's/^/    /' >> "$LOG"; fi
+  rm -f "$err"
+}
+
+RN50=("$PY" -m rn50)
+sets=()
+small=()
+switches=(--resolution 224 --batch 256 --steps 10 --repeats 3)
+demo=(--set data.decode=gpu)
+if [[ -n "${QUICK:-}" ]]; then
+  sets=(--set model.arch=resnet18 --set data.resolution=64 --set data.min_resolution=32
+        --set data.ramp_start_epoch=1 --set data.ramp_end_epoch=2 --set train.epochs=3)
+  small=("${sets[@]}" --batch-sizes 4 --steps 1 --repeats 1 --images 16 --workers 1)
+  switches=(--resolution 32 --batch 4 --steps 1 --repeats 1)
+  demo+=(--set train.epochs=1 --set model.arch=resnet18)
+fi
+
+step bench-224 150 "$OUT/bench-224.json" "${RN50[@]}" bench \
+  --config configs/imagenet-reference.yaml --device "$DEVICE" --json \
+  --price-per-gpu-hour "$PRICE" "${small[@]}"
+step bench-16ep 150 "$OUT/bench-16ep.json" "${RN50[@]}" bench \
+  --config configs/rn50-16-epochs.yaml --device "$DEVICE" --json \
+  --price-per-gpu-hour "$PRICE" "${small[@]}"
+RN50_TEST_DEVICE=$DEVICE step cuda-tests 150 "$OUT/cuda-tests.txt" \
+  "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+step switches 100 "$OUT/switches.json" "$PY" benchmarks/model_switches.py \
+  --device "$DEVICE" --json "${switches[@]}"
+"${RN50[@]}" data demo /tmp/rn50-demo > /dev/null 2>&1
+step demo-gpu 120 "$OUT/demo-gpu.txt" "${RN50[@]}" train --config configs/demo.yaml \
+  --set data.data_dir=/tmp/rn50-demo --set train.device="$DEVICE" \
+  --set train.checkpoint_dir=/tmp/rn50-demo-run --set train.progress=lines "${demo[@]}"
+step compile 150 "$OUT/compile.json" "${RN50[@]}" bench --only model --device "$DEVICE" \
+  --config configs/imagenet-reference.yaml --precisions bf16 --channels-last on --compile \
+  --json "${small[@]}"
+
+# The 32- and 40-epoch recipes train at the 16-epoch one's resolutions (160 and 192 px):
+# their projections come from its measurements, measuring nothing again.
+for epochs in 32 40; do
+  echo "rn50-$epochs-epochs:" >> "$LOG"
+  "${RN50[@]}" bench --from "$OUT/bench-16ep.json" --config "configs/rn50-$epochs-epochs.yaml" \
+    --price-per-gpu-hour "$PRICE" "${sets[@]}" 2>&1 | grep -A2 "ImageNet-1k projection\|error" \
+    | sed 's/^/    /' >> "$LOG"
+done
+echo "total: $((SECONDS - START)) s" >> "$LOG"
+cat "$LOG"

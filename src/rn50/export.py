@@ -89,17 +89,7 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: Path) -> float:
         raw = Path(tmp) / "model.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter chatter about its own internals
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(raw),
-                dynamo=True,
-                verbose=False,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,  # one self-contained file (ResNet-50 is ~100 MB < 2 GB)
-            )
+            _onnx_export(model, dummy, raw)
         proto = onnx.load(str(raw))
         proto.metadata_props.add(key="rn50", value=info.to_json())
         checked = Path(tmp) / "checked.onnx"
@@ -121,6 +111,34 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: Path) -> float:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(checked), str(out))
     return diff
+
+
+def _onnx_export(model: torch.nn.Module, dummy: torch.Tensor, path: Path) -> None:
+    """torch.onnx.export with a dynamic batch axis: the torch.export-based exporter where
+    this torch's export takes dynamic_shapes, else the TorchScript-based one that older
+    releases (2.4) use; export_onnx checks the result the same way either way."""
+    import inspect
+
+    names = {"input_names": ["images"], "output_names": ["logits"], "verbose": False}
+    if "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters:
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,  # one self-contained file (ResNet-50 is ~100 MB < 2 GB)
+            **names,
+        )
+    else:
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            **names,
+        )
 
 
 def export_torchscript(model: torch.nn.Module, info: ModelInfo, out: Path) -> float:

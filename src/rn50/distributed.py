@@ -85,6 +85,10 @@ def process_group(device: torch.device) -> Iterator[None]:
         dist.init_process_group("gloo", store=store, rank=rank_, world_size=world)
     try:
         yield
+        # Leave together: with torch 2.4's gloo, a rank destroying its group while a peer
+        # has already torn its own down can wait forever (seen: rank 1 of `rn50 eval`
+        # returns at once, rank 0 then hung in destroy_process_group).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -112,9 +112,14 @@ def test_two_rank_validation_equals_one_process_evaluation(two_ranks, capsys):
         path = two_ranks / f"checkpoint_epoch_{r['epoch']:03d}.pth"
         state = load_checkpoint(path)
         one = evaluate_checkpoint(state, str(path), from_dict(state["config"]))
-        # Exactly: every image once, losses summed per image, rank 0's BatchNorm statistics.
-        got = (one["loss"], one["top1"], one["top5"], one["count"])
-        assert got == (r["val_loss"], r["val_top1"], r["val_top5"], r["val_images"])
+        # Every image once, losses summed per image, rank 0's BatchNorm statistics: the same
+        # counts exactly. The loss is equal here too with torch 2.14; older releases' CPU
+        # convolutions may round an image's logits differently in a batch of another size
+        # (seen with 2.4: 2e-8 relative), so the loss is compared to float tolerance.
+        assert (one["top1"], one["top5"], one["count"]) == (
+            r["val_top1"], r["val_top5"], r["val_images"]
+        )  # fmt: skip
+        assert one["loss"] == pytest.approx(r["val_loss"], rel=1e-6, abs=0)
     # rn50 eval under torchrun: sharded, summed, printed once, the same numbers.
     best = str(two_ranks / "model_best.pth")
     out = run(torchrun("eval", "--checkpoint", best)).stdout

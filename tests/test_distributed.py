@@ -317,3 +317,27 @@ def test_scale_lr_follows_the_per_256_rule(tmp_path):
     assert scaled_lr(cfg.optim, 1024, ConsoleLog()).max_lr == 0.1
     with pytest.raises(ConfigError, match="optim.scale_lr must be false with optim.max_lr: auto"):
         config((tmp_path, ""), tmp_path / "run", optim={"max_lr": "auto", "scale_lr": True})
+
+
+def test_collective_tensors_outlive_the_process_group():
+    # torch 2.4's gloo can deadlock in the group's teardown when one of its worker threads
+    # drops the last reference to a reduced tensor that Python had let go of (it then waits
+    # for the GIL that the tearing-down thread holds): rn50 keeps the latest ones alive.
+    import weakref
+
+    from rn50 import distributed
+    from rn50.metrics import Meter
+
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+    try:
+        t = torch.ones(3)
+        ref = weakref.ref(t)
+        assert distributed.all_reduce(t) is t and distributed.any_each(True, False) == [True, False]
+        meter = Meter(torch.device("cpu"))
+        sums = weakref.ref(meter.all_reduce().sums)
+        del t, meter
+        assert ref() is not None and sums() is not None
+    finally:
+        torch.distributed.destroy_process_group()

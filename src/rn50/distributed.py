@@ -6,6 +6,7 @@ The helpers below work unchanged in a single process, where they cost nothing.
 """
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +17,13 @@ from rn50.errors import ConfigError
 
 # What torchrun sets for every process it starts (torch.distributed's env:// rendezvous).
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+# The tensors of the latest collectives, kept alive past the process group's teardown. With
+# torch 2.4's gloo, a worker thread that drops the last reference to a finished all-reduce's
+# tensor (one Python has already let go of) needs the GIL, while the main thread holds it
+# in the group's destructor, waiting for that worker: a deadlock at the very end of a run
+# (seen in rn50 eval and rn50 train under torchrun; py-spy --native shows both threads).
+_recent: deque[torch.Tensor] = deque(maxlen=8)
 
 
 def _active() -> bool:
@@ -85,10 +93,7 @@ def process_group(device: torch.device) -> Iterator[None]:
         dist.init_process_group("gloo", store=store, rank=rank_, world_size=world)
     try:
         yield
-        # Leave together: with torch 2.4's gloo, a rank destroying its group while a peer
-        # has already torn its own down can wait forever (seen: rank 1 of `rn50 eval`
-        # returns at once, rank 0 then hung in destroy_process_group).
-        dist.barrier()
+        dist.barrier()  # leave together: no rank tears down while another still reduces
     finally:
         dist.destroy_process_group()
 
@@ -123,7 +128,7 @@ def all_true(flag: bool | torch.Tensor) -> bool:
     if not _active():
         return bool(flag)
     t = torch.as_tensor(flag).to(_flag_device(), torch.int32).reshape(1)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 
 
@@ -137,7 +142,7 @@ def any_each(*flags: bool | torch.Tensor) -> list[bool]:
     if not _active():
         return [bool(f) for f in flags]
     t = torch.tensor([bool(f) for f in flags], dtype=torch.int32, device=_flag_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
 
@@ -146,8 +151,16 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     if not _active():
         return t
     total = t.clone()
-    dist.all_reduce(total)
+    all_reduce(total)
     return total
+
+
+def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """dist.all_reduce of `t` in place (in a process group), `t` kept alive past the group's
+    teardown (see _recent); returns `t`."""
+    dist.all_reduce(t, op=op)
+    _recent.append(t)
+    return t
 
 
 def broadcast_object(obj):

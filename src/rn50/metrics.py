@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from rn50.distributed import all_reduce
+
 
 def topk_correct(
     logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5)
@@ -58,7 +60,7 @@ class Meter:
     def all_reduce(self) -> "Meter":
         """Sum the counts of every rank (a no-op in a single process)."""
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)
+            all_reduce(self.sums)
         return self
 
     @property

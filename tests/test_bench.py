@@ -123,7 +123,7 @@ def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):
     # Read back with --from and the same run: the same projection, nothing measured again.
     saved = tmp_path / "bench.json"
     saved.write_text(json.dumps(result))
-    ramp = [a for a in args if a.startswith("data.") or a.startswith("train.epochs")]
+    ramp = [a for a in args if a.startswith(("data.", "model.", "train.epochs"))]
     again = ["bench", "--json", "--from", str(saved), "--price-per-gpu-hour", "2.5", "--gpus", "2"]
     assert main(again + [x for a in ramp for x in ("--set", a)]) == 0
     reread = json.loads(capsys.readouterr().out)
@@ -153,7 +153,7 @@ def measured(tmp_path, progressive=True):
 
     result = {
         "device": "a test card",
-        "plan": {"resolution": 64},
+        "plan": {"resolution": 64, "arch": "resnet50"},
         "model": [model(900.0, "fp32"), model(1281.167, "bf16")],
         "data": [  # torchvision: the baseline, not an rn50 mode
             {"mode": m, "workers": 4, "img_s": v, "img_s_per_worker": v / 4}
@@ -196,6 +196,7 @@ def test_from_refuses_what_its_figures_cannot_answer(tmp_path, capsys):
         ("--from", no_low, *RAMP): "no model figure at 32 px (measured at 64 px)",
         # the run trains at 128 px
         ("--from", no_low, "--set", "data.resolution=128"): "measured at 64 px, the run trains",
+        ("--from", no_low, "--set", "model.arch=resnet18"): "of resnet50, the run trains resnet18",
         ("--from", no_low, "--steps", "3"): "--from measures nothing: leave out --steps",
         ("--from", no_low, "--device", "cpu"): "leave out --device",
         ("--from", str(tmp_path / "none.json")): "cannot read",

@@ -514,6 +514,9 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
     best_data = _best([r for r in result.get("data", []) if r["mode"] != "torchvision"])
     if not (best_model and best_data):
         return None
+    arch = result.get("plan", {}).get("arch", plan.arch)
+    if arch != plan.arch:
+        raise ValueError(f"the measurements are of {arch}, the run trains {plan.arch}")
     measured = best_model.get("resolution", plan.resolution)
     if plan.resolution != measured:
         raise ValueError(

@@ -474,6 +474,7 @@ def _run(plan: BenchPlan, say) -> dict:
                     for compiled in plan.compile:
                         say(f"model: batch {bs} {precision} channels_last={cl} compile={compiled}")
                         result["model"].append(bench_model(plan, bs, precision, cl, compiled))
+    best = _best(result.get("model", []))  # the setting end to end and lower sizes run with
     with tempfile.TemporaryDirectory(prefix="rn50-bench-") as tmp:
         samples = None
         if "data" in plan.parts or "e2e" in plan.parts:
@@ -484,13 +485,11 @@ def _run(plan: BenchPlan, say) -> dict:
             result["data"] = bench_data(plan, samples)
             result["data_vs_torchvision"] = ratios(result["data"])
         if "e2e" in plan.parts:
-            best = _best(result.get("model", []))
             precision = best["precision"] if best else plan.precisions[0]
             cl = best["channels_last"] if best else True
             say(f"end to end: decode {plan.decode}, {plan.e2e_workers} worker(s)")
             result["end_to_end"] = bench_end_to_end(plan, samples, precision, cl)
         lower = sorted(set(epoch_resolutions(plan)) - {plan.resolution})
-        best = _best(result.get("model", []))
         if lower and best:
             result["progressive"] = _bench_lower(plan, lower, best, samples, say)
     result["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -156,10 +156,11 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """dist.all_reduce of `t` in place (in a process group), `t` kept alive past the group's
-    teardown (see _recent); returns `t`."""
-    dist.all_reduce(t, op=op)
-    _recent.append(t)
+    """dist.all_reduce of `t` in place, `t` kept alive past the group's teardown (see
+    _recent); returns `t` (untouched in a single process)."""
+    if _active():
+        dist.all_reduce(t, op=op)
+        _recent.append(t)
     return t
 
 

@@ -7,7 +7,6 @@ the end, so a mean over ranks or uneven batches is never an average of averages.
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 
 from rn50.distributed import all_reduce
 
@@ -59,8 +58,7 @@ class Meter:
 
     def all_reduce(self) -> "Meter":
         """Sum the counts of every rank (a no-op in a single process)."""
-        if dist.is_available() and dist.is_initialized():
-            all_reduce(self.sums)
+        all_reduce(self.sums)
         return self
 
     @property

@@ -12,7 +12,8 @@ about 0.65 ms, torchvision's PIL crop-and-resize about 0.7 ms and ToTensor + Nor
   large photos and small crops;
 - crops and resizes with torch's uint8 antialiased bilinear kernel (SIMD; the same filter as
   PIL's, within 1 level of 255) and flips, all on uint8: float conversion and normalization
-  happen on the training device (rn50.data.batch).
+  happen on the training device (rn50.data.batch). After a DCT-scaled decode the crop box
+  is rounded to the scaled image's pixels (`scaled_box`).
 
 CMYK and YCCK JPEGs, PNG and every other format go through PIL (`load_rgb`'s conversions),
 with PIL's own DCT scaling for JPEGs. Without simplejpeg everything goes through PIL.
@@ -162,15 +163,9 @@ def decode(data, height: int, width: int, direct: bool, reduce: int = 1) -> np.n
 def resized_crop(pixels: np.ndarray, box: Box, size: int, full: tuple[int, int]) -> torch.Tensor:
     """Crop `box` (in the coordinates of a `full` = (H, W) image) out of `pixels`, which may be
     a DCT-scaled decode of it, and resize to `size` x `size`: uint8 (3, size, size)."""
-    top, left, h, w = box
     if pixels.shape[:2] != tuple(full):
-        # Scaled: the box has fractional corners here. PIL resamples from exactly that region
-        # (rounding it to whole pixels would shift the crop by up to half an output pixel),
-        # and the image is small by now, so its slower resize costs little.
-        fy, fx = pixels.shape[0] / full[0], pixels.shape[1] / full[1]
-        region = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
-        out = Image.fromarray(pixels).resize((size, size), Image.BILINEAR, box=region)
-        return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+        box = scaled_box(box, pixels.shape[0] / full[0], pixels.shape[1] / full[1])
+    top, left, h, w = box
     crop = torch.from_numpy(pixels)[top : top + h, left : left + w].permute(2, 0, 1).unsqueeze(0)
     # A dense NHWC copy of the crop first: torch's uint8 antialias kernel is vectorized for
     # channels-last input and measurably faster from it than from a strided view.
@@ -179,6 +174,21 @@ def resized_crop(pixels: np.ndarray, box: Box, size: int, full: tuple[int, int])
         crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     return out[0]
+
+
+def scaled_box(box: Box, fy: float, fx: float) -> Box:
+    """`box` in an image scaled by (fy, fx), its corners rounded to whole pixels.
+
+    The rounding moves each edge by at most half a pixel of the scaled image, which is at
+    most half an output pixel (the scaled box still covers the output size; see
+    `reduction`). Resampling the exact fractional box instead (PIL can) costs more than the
+    DCT scaling saves: on 500x375 files, 1/2-scale decoding saves about 0.17 ms an image and
+    PIL's resize from a numpy array then costs 0.25-0.4 ms against torch's 0.12-0.16 ms.
+    """
+    top, left, h, w = box
+    t, lt = round(top * fy), round(left * fx)
+    b, r = round((top + h) * fy), round((left + w) * fx)
+    return t, lt, max(1, b - t), max(1, r - lt)
 
 
 class FastTrainTransform:

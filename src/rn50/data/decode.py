@@ -182,8 +182,9 @@ def scaled_box(box: Box, fy: float, fx: float) -> Box:
     The rounding moves each edge by at most half a pixel of the scaled image, which is at
     most half an output pixel (the scaled box still covers the output size; see
     `reduction`). Resampling the exact fractional box instead (PIL can) costs more than the
-    DCT scaling saves: on 500x375 files, 1/2-scale decoding saves about 0.17 ms an image and
-    PIL's resize from a numpy array then costs 0.25-0.4 ms against torch's 0.12-0.16 ms.
+    DCT scaling saves: on 500x375 files, 1/2-scale decoding saves 0.12-0.15 ms an image, and
+    PIL's resize from a numpy array then takes 0.25-0.3 ms against torch's 0.1 ms
+    (benchmarks/crop_stages.py).
     """
     top, left, h, w = box
     t, lt = round(top * fy), round(left * fx)

@@ -77,6 +77,31 @@ def test_device_decoder_agrees_with_libjpeg(photos):
         assert mean_diff(a, b) > 15
 
 
+@pytest.mark.skipif(not ON_GPU, reason="CUDA streams")
+def test_device_decoding_never_writes_memory_that_queued_kernels_still_use(photos):
+    # torchvision's nvJPEG decoder allocates its outputs on the current stream and writes them
+    # from its own stream without waiting (pytorch/vision#9606). Each round keeps the training
+    # stream busy, queues kernels behind that reading (1) tensors just freed, of the decoded
+    # images' sizes, and (2) decoded images just freed, then decodes again: the allocator's
+    # best fit for the new outputs is exactly that memory.
+    datas = [torch.from_numpy(decode.read_bytes(p)) for p in jpegs(photos)]
+    shapes = [tuple(img.shape) for img in gpu.decode_jpegs(datas, DEVICE)]
+    reference = [img.cpu() for img in gpu.decode_jpegs(datas, DEVICE)]
+    for _ in range(5):
+        held = [torch.full(shape, 7, dtype=torch.uint8, device=DEVICE) for shape in shapes]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of a busy stream; what follows waits
+        sums = [t.sum(dtype=torch.int64) for t in held]
+        del held
+        decoded = gpu.decode_jpegs(datas, DEVICE)
+        copies = [img.clone() for img in decoded]
+        del decoded
+        gpu.decode_jpegs(datas[::-1], DEVICE)
+        torch.cuda.synchronize()
+        assert [s.item() for s in sums] == [7 * t.numel() for t in reference]
+        assert all(torch.equal(c.cpu(), r) for c, r in zip(copies, reference, strict=True))
+
+
 def test_fixed_crop_on_the_device_matches_the_cpu_path(photos):
     for path in jpegs(photos)[:4]:
         data = decode.read_bytes(path)

@@ -152,7 +152,40 @@ def _host_decode(data: torch.Tensor) -> torch.Tensor | None:
 
 def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG bytes to uint8 (3, H, W) RGB on `device`, in one batched call when every
-    file decodes; otherwise one at a time, then with PIL; None where nothing can."""
+    file decodes; otherwise one at a time, then with PIL; None where nothing can.
+
+    On CUDA the decoder runs with a stream of rn50's own current. torchvision's nvJPEG
+    decoder allocates its outputs on the current stream and then writes them from a stream
+    of its own, without waiting for the current one (pytorch/vision#9606): on the training
+    stream it can be handed memory that kernels still queued there (the step before) are
+    going to read, and overwrite it first. On the side stream its outputs can only reuse
+    earlier outputs' memory, which the allocator keeps until the training stream has done
+    with them (`record_stream`).
+    """
+    if device.type != "cuda" or not datas:
+        return _decode_jpegs(datas, device)
+    training = torch.cuda.current_stream(device)
+    side = _decode_stream(device)
+    with torch.cuda.stream(side):
+        out = _decode_jpegs(datas, device)
+    training.wait_stream(side)
+    for image in out:
+        if image is not None:
+            image.record_stream(training)
+    return out
+
+
+_DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _DECODE_STREAMS:
+        _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return _DECODE_STREAMS[index]
+
+
+def _decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     import torchvision.io as tio
 
     if not datas:

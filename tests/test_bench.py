@@ -55,16 +55,19 @@ def test_every_setting_asked_for_is_measured(result):
 
 
 def test_the_projection_is_computed_from_the_measured_rates(result):
-    # A known answer on the benchmark's own output: epoch = 1,281,167 / (min(data, model) x
-    # GPUs), with the fastest model setting and the fastest rn50 data mode measured.
+    # A known answer on the benchmark's own output: epoch = 1,281,167 / (min(data, model,
+    # end to end) x GPUs), with the fastest model setting and rn50 data mode measured.
     p = result["projection"]
     model = max(r["img_s"] for r in result["model"])
     data = max(r["img_s"] for r in result["data"] if r["mode"] != "torchvision")
+    e2e = result["end_to_end"]["img_s"]
     assert p["model_img_s"] == model and p["data_img_s"] == data
-    assert p["epoch_s"] == pytest.approx(IMAGENET_TRAIN_IMAGES / (min(model, data) * 2))
+    assert p["end_to_end_img_s"] == e2e
+    assert p["epoch_s"] == pytest.approx(IMAGENET_TRAIN_IMAGES / (min(model, data, e2e) * 2))
     assert p["hours"] == pytest.approx(p["epoch_s"] * 3 / 3600)
     assert p["cost"] == pytest.approx(p["hours"] * 2.5 * 2)
-    assert p["bottleneck"] == ("data" if data < model else "model")
+    slowest = min((model, "model"), (data, "data"), (e2e, "end to end"))[1]
+    assert p["bottleneck"] == slowest
 
 
 def test_projection_known_answer():
@@ -72,6 +75,12 @@ def test_projection_known_answer():
     assert p["epoch_s"] == pytest.approx(1000.0) and p["bottleneck"] == "data"
     assert p["hours"] == pytest.approx(16000 / 3600)
     assert p["cost"] == pytest.approx(16000 / 3600 * 3.0)
+    # The loader and the model together slower than either alone: that rate counts.
+    p = projection(2000.0, 3000.0, 16, 3.0, 1, end_to_end_img_s=640.5835)
+    assert p["epoch_s"] == pytest.approx(2000.0) and p["bottleneck"] == "end to end"
+    # A failed end-to-end run (no rate) leaves the other two.
+    p = projection(2000.0, 1281.167, 16, 3.0, 1, end_to_end_img_s=float("nan"))
+    assert p["epoch_s"] == pytest.approx(1000.0) and p["bottleneck"] == "data"
 
 
 def test_text_report_and_bad_arguments(capsys):
@@ -114,9 +123,15 @@ def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):
     p = result["projection"]
     assert p["resolutions"] == [32, 64, 64]
     data = result["data"][0]["img_s"]
+    e2e_full = result["end_to_end"]["img_s"]
+    assert result["end_to_end"]["resolution"] == 64
     seconds = sum(
-        IMAGENET_TRAIN_IMAGES / (min(m, data) * 2)
-        for m in (low["img_s"], full["img_s"], full["img_s"])
+        IMAGENET_TRAIN_IMAGES / (min(m, data, e) * 2)
+        for m, e in (
+            (low["img_s"], low["end_to_end_img_s"]),
+            (full["img_s"], e2e_full),
+            (full["img_s"], e2e_full),
+        )
     )
     assert p["hours"] == pytest.approx(seconds / 3600)
     assert p["cost"] == pytest.approx(p["hours"] * 2.5 * 2)
@@ -131,17 +146,24 @@ def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):
 
 
 def test_projection_with_a_resolution_schedule_known_answer():
-    # 2 epochs at 1281.167 img/s (1000 s each) and 1 at 640.5835 (data-bound at 2000: 2000 s).
+    # 2 epochs at 160 px, data-bound at 2000 img/s (640.5835 s each), and 1 at 192 px at
+    # 1281.167 (1000 s).
     p = projection(
         model_img_s=1281.167,
         data_img_s=2000.0,
         epochs=3,
         price=1.0,
         gpus=1,
-        schedule=[(160, 2562.334), (160, 2562.334), (192, 1281.167)],
+        schedule=[(160, 2562.334, None), (160, 2562.334, None), (192, 1281.167, None)],
     )
     assert p["epoch_s"] == pytest.approx(1000.0)  # the full-resolution epoch
     assert p["hours"] == pytest.approx((640.5835 * 2 + 1000.0) / 3600)
+    # End to end measured at 160 px only, at 1281.167 img/s: those epochs take 1000 s each.
+    p = projection(
+        1281.167, 2000.0, 3, 1.0, 1,
+        schedule=[(160, 2562.334, 1281.167), (160, 2562.334, 1281.167), (192, 1281.167, None)],
+    )  # fmt: skip
+    assert p["hours"] == pytest.approx(3000.0 / 3600)
 
 
 def measured(tmp_path, progressive=True):
@@ -187,6 +209,19 @@ def test_from_projects_another_run_from_saved_figures_known_answer(tmp_path, cap
     assert main([a for a in args if a != "--json"]) == 0
     out = capsys.readouterr().out
     assert "Projected from the measurements in" in out and "cost at 3/GPU-hour: 2.20" in out
+
+
+def test_from_uses_the_end_to_end_figures_it_holds(tmp_path, capsys):
+    # The same measurements with end-to-end runs: 640.5835 img/s at 64 px (2000 s an epoch,
+    # 1000 s on 2 GPUs) and none at 32 px (that epoch stays data-bound: 320.29 s on 2).
+    path = measured(tmp_path)
+    result = json.loads(path.read_text())
+    result["end_to_end"] = {"resolution": 64, "img_s": 640.5835}
+    path.write_text(json.dumps(result))
+    assert main(["bench", "--json", "--from", str(path), *RAMP, "--gpus", "2"]) == 0
+    p = json.loads(capsys.readouterr().out)["projection"]
+    assert p["bottleneck"] == "end to end" and p["epoch_s"] == pytest.approx(1000.0)
+    assert p["hours"] == pytest.approx((320.29175 + 1000.0 + 1000.0) / 3600)
 
 
 def test_from_refuses_what_its_figures_cannot_answer(tmp_path, capsys):

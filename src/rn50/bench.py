@@ -357,14 +357,30 @@ def ratios(data: list[dict]) -> list[dict]:
 
 
 def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bool) -> dict:
-    """Training img/s with the loader feeding the model (the plan's decode mode and workers)."""
+    """Training img/s with the loader feeding the model (the plan's decode mode and workers),
+    stepped as training steps it: rn50.engine.train_step with rn50.optim's fused SGD and
+    one-cycle schedule. That step waits once for the GPU (its check for a non-finite loss),
+    so what the loop does between steps, such as decoding the next batch on the GPU, is
+    counted as training does it."""
+    from rn50.config import OptimConfig
     from rn50.data.batch import to_device
-
-    device, amp_dtype = plan.device, _AMP[precision]
-    batch_size = plan.batch_sizes[0]
-    model, optimizer, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
+    from rn50.data.loader import PREFETCH_FACTOR
     from rn50.data.pipeline import make_loader
+    from rn50.engine import Runtime, train_step
+    from rn50.optim import build_optimizer, build_scheduler
 
+    device = plan.device
+    batch_size = plan.batch_sizes[0]
+    model, _, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
+    optim_cfg = OptimConfig(max_lr=0.1)
+    optimizer = build_optimizer(model, optim_cfg)
+    # Untimed: the first step (start-up, the workers' start), then as many batches as the
+    # workers can have prepared meanwhile. Timed from a full queue, a short run would
+    # measure the model alone however slow the data path is.
+    warmup = 1 + plan.e2e_workers * PREFETCH_FACTOR
+    steps = warmup + plan.e2e_steps
+    scheduler = build_scheduler(optimizer, optim_cfg, steps)
+    rt = Runtime(device, _AMP[precision], channels_last)
     cfg = DataConfig(
         resolution=plan.resolution,
         workers=plan.e2e_workers,
@@ -373,26 +389,27 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
         batch_size=batch_size,
     )
     # Labels of the benchmark files go up to the class count of the files, below num_classes.
-    repeat = math.ceil((plan.e2e_steps + 1) * batch_size / max(len(samples), 1))
+    repeat = math.ceil(steps * batch_size / max(len(samples), 1))
     loader = make_loader(
         cfg, list(samples) * repeat, train=True, batch_size=batch_size, device=device, seed=0
     )
     loader.sampler.set_epoch(1)
     count, t0 = 0, None
     for step, (images, targets, _bad) in enumerate(loader):
-        if step > plan.e2e_steps:
+        if step >= steps:
             break
         images, targets = to_device(images, targets, device, channels_last)
         targets = targets % plan.num_classes
-        _train_step(model, images, targets, optimizer, scaler, criterion, device, amp_dtype)
-        if t0 is None:  # the first step warms up (and waits for the workers' start)
+        train_step(model, [(images, targets)], criterion, optimizer, scaler, scheduler, rt)
+        if step + 1 == warmup:
             _sync(device)
             t0 = time.perf_counter()
-            continue
-        count += images.shape[0]
+        elif t0 is not None:
+            count += images.shape[0]
     _sync(device)
     elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
     return {
+        "resolution": plan.resolution,
         "decode": plan.decode,
         "workers": plan.e2e_workers,
         "batch_size": batch_size,
@@ -400,6 +417,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
         "channels_last": channels_last,
         "img_s": count / elapsed if elapsed > 0 else float("nan"),
         "images": count,
+        "warmup_steps": warmup,
     }
 
 
@@ -413,33 +431,48 @@ def projection(
     epochs: int,
     price: float,
     gpus: int,
-    schedule: Sequence[tuple[int, float]] = (),
+    schedule: Sequence[tuple[int, float, float | None]] = (),
+    end_to_end_img_s: float | None = None,
 ) -> dict:
-    """Epoch time and run cost of ImageNet-1k at the slower of the two rates.
+    """Epoch time and run cost of ImageNet-1k at the slowest of the measured rates: the model
+    step's, the data path's and, where there is one, the end-to-end run's (the loader
+    feeding rn50's training step, which also shows what the two alone cannot: the workers
+    and the training process sharing the CPU, the step waiting for its data).
 
-    `schedule`: with progressive resizing, (resolution, model img/s) of each epoch; the run's
-    time is then the sum of its epochs' (epoch_s stays the full-resolution epoch).
+    `schedule`: with progressive resizing, (resolution, model img/s, end-to-end img/s or None)
+    of each epoch; the run's time is then the sum of its epochs' (epoch_s stays the
+    full-resolution epoch).
     """
-    rate = min(model_img_s, data_img_s)
+    rates = {"model": model_img_s, "data": data_img_s, "end to end": end_to_end_img_s}
+    rates = {k: v for k, v in rates.items() if v is not None and math.isfinite(v)}
+    bottleneck = min(rates, key=rates.get)
+    rate = rates[bottleneck]
     epoch_s = IMAGENET_TRAIN_IMAGES / (rate * gpus)
     run_s = epoch_s * epochs
     if schedule:
-        run_s = sum(IMAGENET_TRAIN_IMAGES / (min(m, data_img_s) * gpus) for _, m in schedule)
+        run_s = sum(
+            IMAGENET_TRAIN_IMAGES / (_slowest(m, data_img_s, e) * gpus) for _, m, e in schedule
+        )
     hours = run_s / 3600
     return {
         "images_per_epoch": IMAGENET_TRAIN_IMAGES,
         "model_img_s": model_img_s,
         "data_img_s": data_img_s,
-        "bottleneck": "data" if data_img_s < model_img_s else "model",
+        "end_to_end_img_s": end_to_end_img_s,
+        "bottleneck": bottleneck,
         "img_s": rate,
         "gpus": gpus,
         "epoch_s": epoch_s,
         "epochs": epochs,
         "hours": hours,
-        "resolutions": [r for r, _ in schedule],
+        "resolutions": [r for r, _, _ in schedule],
         "price_per_gpu_hour": price,
         "cost": hours * price * gpus,
     }
+
+
+def _slowest(*rates: float | None) -> float:
+    return min(r for r in rates if r is not None and math.isfinite(r))
 
 
 def run_bench(plan: BenchPlan, log=None) -> dict:
@@ -522,8 +555,14 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
             f"the model step was measured at {measured} px, the run trains at "
             f"{plan.resolution} px"
         )
-    rates = {r["resolution"]: r["img_s"] for r in result.get("progressive", []) if "img_s" in r}
+    progressive = [r for r in result.get("progressive", []) if "img_s" in r]
+    rates = {r["resolution"]: r["img_s"] for r in progressive}
     rates[measured] = best_model["img_s"]
+    # The end-to-end runs: at the full resolution (older results do not say which: theirs)
+    # and at each lower one.
+    whole = {r["resolution"]: r.get("end_to_end_img_s") for r in progressive}
+    if result.get("end_to_end"):
+        whole[result["end_to_end"].get("resolution", measured)] = result["end_to_end"]["img_s"]
     wanted = epoch_resolutions(plan)
     missing = sorted(set(wanted) - set(rates))
     if missing:
@@ -531,7 +570,7 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
             f"no model figure at {', '.join(map(str, missing))} px "
             f"(measured at {', '.join(map(str, sorted(rates)))} px)"
         )
-    schedule = [(r, rates[r]) for r in wanted] if len(set(wanted)) > 1 else []
+    schedule = [(r, rates[r], whole.get(r)) for r in wanted] if len(set(wanted)) > 1 else []
     out = projection(
         best_model["img_s"],
         best_data["img_s"],
@@ -539,6 +578,7 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
         plan.price_per_gpu_hour,
         plan.gpus,
         schedule,
+        whole.get(measured),
     )
     out["model_setting"] = {
         k: best_model[k] for k in ("batch_size", "precision", "channels_last", "compile")
@@ -665,10 +705,12 @@ def format_report(result: dict) -> str:
         p = result["projection"]
         if result.get("projected_from"):
             lines += ["", f"Projected from the measurements in {result['projected_from']}."]
+        rates = f"data {p['data_img_s']:.1f}, model {p['model_img_s']:.1f}"
+        if p.get("end_to_end_img_s") is not None:
+            rates += f", end to end {p['end_to_end_img_s']:.1f}"
         lines += [
             "",
-            f"ImageNet-1k projection: {p['images_per_epoch']:,} images / "
-            f"min(data {p['data_img_s']:.1f}, model {p['model_img_s']:.1f}) img/s "
+            f"ImageNet-1k projection: {p['images_per_epoch']:,} images / min({rates}) img/s "
             f"x {p['gpus']} GPU(s) = {_duration(p['epoch_s'])} per epoch "
             f"({p['bottleneck']} bound); {p['epochs']} epochs = {p['hours']:.1f} h"
             + (

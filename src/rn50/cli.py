@@ -317,8 +317,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     torch.compile on/off and batch size. data: the loader alone on ImageNet-like JPEGs made
     from real photos (or --data-dir's train files), for each decode mode (cpu, gpu, pil) and
     worker count, against torchvision's ImageFolder + RandomResizedCrop/flip/ToTensor/
-    Normalize. e2e: the model fed by the loader. Then: an ImageNet-1k epoch takes 1,281,167 /
-    min(data, model) img/s, and the run costs hours x --price-per-gpu-hour x --gpus.
+    Normalize. e2e: the model fed by the loader, stepped as training steps it. Then: an
+    ImageNet-1k epoch takes 1,281,167 / min(data, model, e2e) img/s, and the run costs
+    hours x --price-per-gpu-hour x --gpus.
     Medians of --repeats runs. A CPU gets a small matrix unless --full (fp16 and compile
     there take long); lists given here replace the defaults. --json prints JSON.
 

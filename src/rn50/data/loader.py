@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rn50.data.transforms import load_rgb
 
 Sample = tuple[str, int]  # (file path, class index)
+PREFETCH_FACTOR = 4  # batches each loader worker prepares ahead of the training loop
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -190,7 +191,7 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=train,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         collate_fn=collate,
         worker_init_fn=_ignore_signals_in_worker,
     )

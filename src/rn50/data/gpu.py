@@ -154,13 +154,13 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[to
     """Decode JPEG bytes to uint8 (3, H, W) RGB on `device`, in one batched call when every
     file decodes; otherwise one at a time, then with PIL; None where nothing can.
 
-    On CUDA the decoder runs with a stream of rn50's own current. torchvision's nvJPEG
-    decoder allocates its outputs on the current stream and then writes them from a stream
-    of its own, without waiting for the current one (pytorch/vision#9606): on the training
-    stream it can be handed memory that kernels still queued there (the step before) are
-    going to read, and overwrite it first. On the side stream its outputs can only reuse
-    earlier outputs' memory, which the allocator keeps until the training stream has done
-    with them (`record_stream`).
+    On CUDA the decoder is called with a side stream of rn50's as the current stream.
+    torchvision's nvJPEG decoder allocates its outputs on the current stream and then writes
+    them from a stream of its own, without waiting for the current one (pytorch/vision#9606):
+    on the training stream it can be handed memory that kernels still queued there (the
+    step before) are going to read, and overwrite it first. On the side stream its outputs
+    can only reuse earlier outputs' memory, which the allocator keeps until the training
+    stream has done with them (`record_stream`).
     """
     if device.type != "cuda" or not datas:
         return _decode_jpegs(datas, device)

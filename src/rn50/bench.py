@@ -165,17 +165,16 @@ def _train_step(model, images, targets, optimizer, scaler, criterion, device, am
 
 
 def _training_setup(plan: BenchPlan, precision: str, channels_last: bool):
-    """(model, optimizer, scaler, criterion, memory_format) for timing training steps: the
-    plan's arch on its device, seeded, plain SGD, loss scaling for fp16."""
+    """(model, scaler, criterion, memory_format) for timing training steps: the plan's arch
+    on its device, seeded, loss scaling for fp16."""
     from rn50.model import build_model
 
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
     model.to(plan.device, memory_format=memory_format).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
-    return model, optimizer, scaler, nn.CrossEntropyLoss(), memory_format
+    return model, scaler, nn.CrossEntropyLoss(), memory_format
 
 
 def bench_model(
@@ -191,9 +190,8 @@ def bench_model(
         "compile": compiled,
     }
     device, amp_dtype = plan.device, _AMP[precision]
-    model, optimizer, scaler, criterion, memory_format = _training_setup(
-        plan, precision, channels_last
-    )
+    model, scaler, criterion, memory_format = _training_setup(plan, precision, channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
@@ -371,7 +369,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
 
     device = plan.device
     batch_size = plan.batch_sizes[0]
-    model, _, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
+    model, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
     optim_cfg = OptimConfig(max_lr=0.1)
     optimizer = build_optimizer(model, optim_cfg)
     # Untimed: the first step (start-up, the workers' start), then as many batches as the

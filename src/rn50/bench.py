@@ -442,9 +442,8 @@ def projection(
     full-resolution epoch).
     """
     rates = {"model": model_img_s, "data": data_img_s, "end to end": end_to_end_img_s}
-    rates = {k: v for k, v in rates.items() if v is not None and math.isfinite(v)}
-    bottleneck = min(rates, key=rates.get)
-    rate = rates[bottleneck]
+    rate = _slowest(*rates.values())
+    bottleneck = next(name for name, value in rates.items() if value == rate)
     epoch_s = IMAGENET_TRAIN_IMAGES / (rate * gpus)
     run_s = epoch_s * epochs
     if schedule:
@@ -470,6 +469,7 @@ def projection(
 
 
 def _slowest(*rates: float | None) -> float:
+    """The lowest of the rates that were measured (None: not run; NaN: the run failed)."""
     return min(r for r in rates if r is not None and math.isfinite(r))
 
 

@@ -162,7 +162,9 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[to
     can only reuse earlier outputs' memory, which the allocator keeps until the training
     stream has done with them (`record_stream`).
     """
-    if device.type != "cuda" or not datas:
+    if not datas:
+        return []
+    if device.type != "cuda":
         return _decode_jpegs(datas, device)
     training = torch.cuda.current_stream(device)
     side = _decode_stream(device)
@@ -188,8 +190,6 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
 def _decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     import torchvision.io as tio
 
-    if not datas:
-        return []
     with warnings.catch_warnings():
         # torchvision 0.29+ deprecates its image codecs in favour of TorchCodec's; they still
         # work, and are what the torch versions rn50 supports (>= 2.4) all have.

@@ -11,6 +11,7 @@ themselves are checked on a machine without a GPU.
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -99,6 +100,42 @@ def test_device_decoding_never_writes_memory_that_queued_kernels_still_use(photo
         gpu.decode_jpegs(datas[::-1], DEVICE)
         torch.cuda.synchronize()
         assert [s.item() for s in sums] == [7 * t.numel() for t in reference]
+        assert all(torch.equal(c.cpu(), r) for c, r in zip(copies, reference, strict=True))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA streams")
+def test_batches_decoded_ahead_are_not_overwritten_before_the_step_reads_them(
+    photos, monkeypatch
+):
+    # The decode thread works on its own stream while the training stream is busy. Each
+    # round queues kernels that read a batch behind 0.1 s of a busy training stream and drops
+    # the batch; once the loop has taken the next one, nothing holds the first, and the
+    # thread (slowed to decode after that) allocates a batch of the same size: unless the
+    # first's memory waits for the training stream, that is where it goes, and is written
+    # before the queued kernels read it.
+    def batches(ahead):
+        cfg = DataConfig(resolution=160, workers=1, decode="gpu", batch_size=2, decode_ahead=ahead)
+        loader = make_loader(cfg, photos.train, train=True, batch_size=2, device=DEVICE, seed=5)
+        loader.sampler.set_epoch(1)
+        return loader
+
+    reference = [b.images.cpu() for b in batches(0)]
+    assert len(reference) == 6  # 12 files
+    real = gpu.decode_batch
+
+    def slow_decode_batch(batch, device):
+        time.sleep(0.03)
+        return real(batch, device)
+
+    monkeypatch.setattr(gpu, "decode_batch", slow_decode_batch)
+    for ahead in (1, 2):
+        copies = []
+        for b in batches(ahead):
+            torch.cuda._sleep(200_000_000)  # about 0.1 s
+            copies.append(b.images.clone())
+            del b
+        torch.cuda.synchronize()
+        assert len(copies) == len(reference)
         assert all(torch.equal(c.cpu(), r) for c, r in zip(copies, reference, strict=True))
 
 

@@ -63,6 +63,9 @@ class DataConfig:
     crop, and crop/resize/flip in uint8), gpu (workers only read the files; the training device
     decodes the batch, with nvJPEG on CUDA, and crops/resizes/flips it), or pil (PIL and
     torchvision's transforms: the plain reference path). All three give the same crops."""
+    decode_ahead: int = 2
+    """decode gpu: batches decoded ahead in a background thread, so the device decodes the next
+    batch while the model trains on this one; 0: decode between steps."""
     index_cache: bool = True
     """reuse the file list of the last start when no dataset folder changed, instead of listing
     every file again (1.28M for ImageNet); false: list them at every start."""
@@ -495,6 +498,7 @@ def validate(cfg: Config) -> None:
         "this batch)",
     )
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    _check(d.decode_ahead >= 0, "data.decode_ahead", f"must be 0 or more, got {d.decode_ahead}")
     _check(d.decode in DECODE_MODES, "data.decode", f"must be one of {', '.join(DECODE_MODES)}, "
            f"got '{d.decode}'")
 

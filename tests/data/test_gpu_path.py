@@ -1,6 +1,8 @@
 """The GPU data path, run with device cpu, against the CPU paths; and what every data mode
 shares: the label stream, the crop boxes and flips, the handling of odd and bad files."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -91,10 +93,13 @@ def test_every_mode_crops_the_same_box_and_flips_alike(dataset):
     assert np.median(control) > 15.0
 
 
-def batches_of(mode: str, dataset, epoch: int, workers: int = 0, train: bool = True):
-    cfg = DataConfig(resolution=64, workers=workers, decode=mode, batch_size=5)
+def batches_of(
+    mode: str, dataset, epoch: int, workers: int = 0, train: bool = True, ahead: int = 2,
+    start: int = 0,
+):
+    cfg = DataConfig(resolution=64, workers=workers, decode=mode, batch_size=5, decode_ahead=ahead)
     loader = make_loader(cfg, dataset.train, train=train, batch_size=5, device=CPU, seed=7)
-    loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch, start=start)
     return list(loader)
 
 
@@ -102,6 +107,7 @@ def test_every_mode_yields_the_same_label_stream_and_skips_the_same_files(datase
     for epoch in (1, 2):
         runs = {m: batches_of(m, dataset, epoch) for m in MODES}
         runs["gpu, 2 workers"] = batches_of("gpu", dataset, epoch, workers=2)
+        runs["gpu, between steps"] = batches_of("gpu", dataset, epoch, ahead=0)
         runs["cpu, 2 workers"] = batches_of("cpu", dataset, epoch, workers=2)
         reference = runs["pil"]
         assert sum(len(b.bad) for b in reference) == 2  # the truncated and the empty file
@@ -118,6 +124,30 @@ def test_every_mode_yields_the_same_label_stream_and_skips_the_same_files(datase
     assert [b.targets.tolist() for b in batches_of("gpu", dataset, 3)] != [
         b.targets.tolist() for b in batches_of("gpu", dataset, 1)
     ]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decoding_ahead_yields_the_batches_of_decoding_between_steps(dataset, workers):
+    # The thread changes when a batch is decoded, not which: the same pixels, labels and
+    # skipped files, in the same order, from the start of an epoch and from mid-epoch.
+    for start in (0, 5):
+        inline = batches_of("gpu", dataset, 1, workers, ahead=0, start=start)
+        for depth in (1, 3):
+            got = batches_of("gpu", dataset, 1, workers, ahead=depth, start=start)
+            assert len(got) == len(inline) == (3 if start == 0 else 2)  # 17 files, 5 a batch
+            for b, r in zip(got, inline, strict=True):
+                assert torch.equal(b.images, r.images)
+                assert torch.equal(b.targets, r.targets) and b.bad == r.bad
+
+
+def test_leaving_an_epoch_early_stops_the_decoding_thread(dataset):
+    cfg = DataConfig(resolution=64, workers=1, decode="gpu", batch_size=5, decode_ahead=2)
+    loader = make_loader(cfg, dataset.train, train=True, batch_size=5, device=CPU, seed=7)
+    loader.sampler.set_epoch(1)
+    for _ in loader:
+        assert [t for t in threading.enumerate() if t.name == "rn50-ahead"]
+        break
+    assert not [t for t in threading.enumerate() if t.name == "rn50-ahead"]
 
 
 def test_gpu_validation_matches_eval_transform(dataset):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from rn50.data.ahead import ahead
 from rn50.data.decode import (
     Box,
     decode,
@@ -234,14 +236,20 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
 
 
 class DeviceDecodeLoader:
-    """A DataLoader of EncodedBatches that yields Batches decoded on `device`.
+    """A DataLoader of EncodedBatches that yields Batches decoded on `device`, `ahead` batches
+    ahead in a background thread (rn50.data.ahead; 0: between the training loop's steps).
 
     It looks like the DataLoader to the training loop (`sampler`, `len`, iteration), so the
     engine needs no branch for this mode.
+
+    On CUDA the thread decodes with a stream of its own current, so the device decodes the
+    next batch while the training stream runs this step. A batch is handed over with the
+    training stream made to wait for that work, and its images marked as used there, so their
+    memory is not handed out again before the step that reads them has run.
     """
 
-    def __init__(self, loader, device: torch.device):
-        self.loader, self.device = loader, device
+    def __init__(self, loader, device: torch.device, ahead: int = 0):
+        self.loader, self.device, self.ahead = loader, device, ahead
 
     @property
     def sampler(self):
@@ -259,5 +267,29 @@ class DeviceDecodeLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
-            yield decode_batch(batch, self.device)
+        # The DataLoader's iterator is made here, in the caller's thread: it reads the
+        # sampler's epoch and start now, and starts its workers from the main thread.
+        batches = iter(self.loader)
+        device = self.device
+        if device.type != "cuda" or self.ahead <= 0:
+            yield from ahead(batches, lambda b: decode_batch(b, device), self.ahead)
+            return
+        stream = torch.cuda.Stream(device=device)
+
+        def context():
+            stack = ExitStack()
+            stack.enter_context(torch.cuda.device(device))
+            stack.enter_context(torch.cuda.stream(stream))
+            return stack
+
+        def work(encoded: EncodedBatch) -> tuple[Batch, torch.cuda.Event]:
+            batch = decode_batch(encoded, device)
+            done = torch.cuda.Event()
+            done.record(stream)
+            return batch, done
+
+        for batch, done in ahead(batches, work, self.ahead, context, "rn50-decode"):
+            training = torch.cuda.current_stream(device)
+            training.wait_event(done)
+            batch.images.record_stream(training)
+            yield batch

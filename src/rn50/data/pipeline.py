@@ -89,5 +89,5 @@ def make_loader(
         collate=collate,
     )
     if cfg.decode == "gpu":
-        return DeviceDecodeLoader(loader, device)
+        return DeviceDecodeLoader(loader, device, cfg.decode_ahead)
     return loader

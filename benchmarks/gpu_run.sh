@@ -7,7 +7,7 @@
 # PyTorch and rn50 from src/ (for an image without rn50's other requirements, see
 # benchmarks/gpu_wheels.sh). Each step has a time limit, and all of them together BUDGET
 # seconds (default 480): a step that fails or runs out of time is noted in run.txt, the
-# others go on, and each file is written when its step ends. Into $OUT (8 files):
+# others go on, and each file is written when its step ends. Into $OUT (9 files):
 #
 #   run.txt          the card, driver, torch; each step's exit status and seconds, and the
 #                    end of its errors when it failed; the 32- and 40-epoch recipes'
@@ -19,9 +19,12 @@
 #                    its projected time and cost
 #   cuda-tests.txt   pytest tests/test_cuda.py (nvJPEG, the GPU data path, fp16/bf16/fp32
 #                    training, a GPU checkpoint on the CPU, torchrun with NCCL)
-#   e2e-gpu.json     end to end at 224 px with data.decode=gpu (bf16, channels_last): set
+#   e2e-gpu.json     end to end at 224 px with data.decode=gpu (bf16, channels_last),
+#                    decoded 2 batches ahead in a thread (data.decode_ahead's default): set
 #                    beside bench-224.json's model, data and decode-cpu end-to-end figures,
-#                    it shows whether decoding on the GPU overlaps the training step
+#                    it shows whether decoding on the GPU keeps up with the training step
+#   e2e-gpu-between.json  the same with data.decode_ahead=0 (decoding between steps): what
+#                    the decode thread gains
 #   switches.json    benchmarks/model_switches.py at 224 px, batch 256
 #   demo-gpu.txt     `make demo`'s training on the GPU with data.decode=gpu
 #   compile.json     the model step with torch.compile off and on (bf16, channels_last)
@@ -111,6 +114,9 @@ RN50_TEST_DEVICE=$DEVICE step cuda-tests 150 "$OUT/cuda-tests.txt" \
 step e2e-gpu 90 "$OUT/e2e-gpu.json" "${RN50[@]}" bench --only e2e --device "$DEVICE" \
   --config configs/imagenet-reference.yaml --set data.decode=gpu --precisions bf16 \
   --channels-last on --json "${small[@]}"
+step e2e-gpu-between 90 "$OUT/e2e-gpu-between.json" "${RN50[@]}" bench --only e2e \
+  --device "$DEVICE" --config configs/imagenet-reference.yaml --set data.decode=gpu \
+  --set data.decode_ahead=0 --precisions bf16 --channels-last on --json "${small[@]}"
 step switches 100 "$OUT/switches.json" "$PY" benchmarks/model_switches.py \
   --device "$DEVICE" --json "${switches[@]}"
 rm -rf /tmp/rn50-demo-run  # a run left by an earlier call would only be "already complete"

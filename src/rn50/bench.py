@@ -68,6 +68,7 @@ class BenchPlan:
     e2e_steps: int = 10
     e2e_workers: int = 1
     decode: str = "cpu"  # the end-to-end run's mode
+    decode_ahead: int = 2  # decode gpu: batches decoded ahead in a thread (data.decode_ahead)
     min_scale: float = 0.08
     parts: Sequence[str] = ("model", "data", "e2e")
     epochs: int = 14
@@ -109,6 +110,7 @@ def default_plan(cfg: Config, device: torch.device, full: bool = False) -> Bench
         # the point there, so only the full matrix measures it.
         modes=DATA_MODES if cuda or full else tuple(m for m in DATA_MODES if m != "gpu"),
         decode=cfg.data.decode,
+        decode_ahead=cfg.data.decode_ahead,
         min_scale=cfg.data.min_scale,
         epochs=cfg.train.epochs,
         min_resolution=cfg.data.min_resolution,
@@ -140,6 +142,13 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def _decode_label(mode: str, ahead: int | None) -> str:
+    """'gpu, 2 batches ahead' / 'gpu, between steps' / 'cpu': the end-to-end run's mode."""
+    if mode != "gpu" or ahead is None:
+        return mode
+    return f"gpu, {ahead} batches ahead" if ahead > 0 else "gpu, between steps"
 
 
 def _sync(device: torch.device) -> None:
@@ -282,6 +291,7 @@ def _rn50_loader(samples, plan: BenchPlan, mode: str, workers: int):
         resolution=plan.resolution,
         workers=workers,
         decode=mode,
+        decode_ahead=plan.decode_ahead,
         min_scale=plan.min_scale,
         batch_size=batch_size,
     )
@@ -383,6 +393,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
         resolution=plan.resolution,
         workers=plan.e2e_workers,
         decode=plan.decode,
+        decode_ahead=plan.decode_ahead,
         min_scale=plan.min_scale,
         batch_size=batch_size,
     )
@@ -409,6 +420,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
     return {
         "resolution": plan.resolution,
         "decode": plan.decode,
+        "decode_ahead": plan.decode_ahead if plan.decode == "gpu" else None,
         "workers": plan.e2e_workers,
         "batch_size": batch_size,
         "precision": precision,
@@ -518,7 +530,8 @@ def _run(plan: BenchPlan, say) -> dict:
         if "e2e" in plan.parts:
             precision = best["precision"] if best else plan.precisions[0]
             cl = best["channels_last"] if best else True
-            say(f"end to end: decode {plan.decode}, {plan.e2e_workers} worker(s)")
+            say(f"end to end: decode {_decode_label(plan.decode, plan.decode_ahead)}, "
+                f"{plan.e2e_workers} worker(s)")
             result["end_to_end"] = bench_end_to_end(plan, samples, precision, cl)
         lower = sorted(set(epoch_resolutions(plan)) - {plan.resolution})
         if lower and best:
@@ -688,7 +701,8 @@ def format_report(result: dict) -> str:
         e = result["end_to_end"]
         lines += [
             "",
-            f"End to end (decode {e['decode']}, {e['workers']} worker(s), batch "
+            f"End to end (decode {_decode_label(e['decode'], e.get('decode_ahead'))}, "
+            f"{e['workers']} worker(s), batch "
             f"{e['batch_size']}, {e['precision']}): {e['img_s']:.1f} images/s",
         ]
     if result.get("progressive"):

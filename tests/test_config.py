@@ -1,3 +1,7 @@
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
 from rn50.config import Config, OptimConfig, describe, field_docs, from_dict, load_config
@@ -91,3 +95,17 @@ def test_bad_yaml_and_missing_file(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping of sections"):
         load_config(top)
+
+
+def test_the_readme_lists_every_config_key():
+    # README's Configuration table is what users read to find a key: a key added to a section
+    # (or renamed) must show up there.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = {}
+    for line in readme.splitlines():
+        m = re.fullmatch(r"\| `(\w+)` \| ((?:`\w+`(?:, )?)+) \|", line)
+        if m:
+            listed[m.group(1)] = re.findall(r"`(\w+)`", m.group(2))
+    for section in dataclasses.fields(Config):
+        keys = [f.name for f in dataclasses.fields(getattr(Config(), section.name))]
+        assert listed.get(section.name) == keys, section.name

@@ -145,9 +145,9 @@ def test_leaving_an_epoch_early_stops_the_decoding_thread(dataset):
     loader = make_loader(cfg, dataset.train, train=True, batch_size=5, device=CPU, seed=7)
     loader.sampler.set_epoch(1)
     for _ in loader:
-        assert [t for t in threading.enumerate() if t.name == "rn50-ahead"]
+        assert [t for t in threading.enumerate() if t.name == gpu.THREAD]
         break
-    assert not [t for t in threading.enumerate() if t.name == "rn50-ahead"]
+    assert not [t for t in threading.enumerate() if t.name == gpu.THREAD]
 
 
 def test_gpu_validation_matches_eval_transform(dataset):

@@ -235,6 +235,9 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
     return Batch(torch.stack(images), batch.targets[keep], bad)
 
 
+THREAD = "rn50-decode"  # the decode thread's name (in stack dumps, py-spy)
+
+
 class DeviceDecodeLoader:
     """A DataLoader of EncodedBatches that yields Batches decoded on `device`, `ahead` batches
     ahead in a background thread (rn50.data.ahead; 0: between the training loop's steps).
@@ -272,8 +275,11 @@ class DeviceDecodeLoader:
         batches = iter(self.loader)
         device = self.device
         if device.type != "cuda" or self.ahead <= 0:
-            yield from ahead(batches, lambda b: decode_batch(b, device), self.ahead)
+            yield from ahead(batches, lambda b: decode_batch(b, device), self.ahead, name=THREAD)
             return
+        if device.index is None:
+            # The current device is per thread: the decode thread's starts at GPU 0.
+            device = torch.device("cuda", torch.cuda.current_device())
         stream = torch.cuda.Stream(device=device)
 
         def context():
@@ -288,7 +294,7 @@ class DeviceDecodeLoader:
             done.record(stream)
             return batch, done
 
-        for batch, done in ahead(batches, work, self.ahead, context, "rn50-decode"):
+        for batch, done in ahead(batches, work, self.ahead, context, THREAD):
             training = torch.cuda.current_stream(device)
             training.wait_event(done)
             batch.images.record_stream(training)

@@ -51,6 +51,7 @@ def test_every_setting_asked_for_is_measured(result):
         assert ratio["vs_torchvision"] == pytest.approx(r["img_s"] / base)
     e2e = result["end_to_end"]
     assert e2e["decode"] == "cpu" and e2e["img_s"] > 0 and e2e["images"] > 0
+    assert e2e["decode_ahead"] is None  # a setting of decode gpu only
     assert result["cores"] >= 1 and result["threads"] == 1
 
 
@@ -93,6 +94,13 @@ def test_text_report_and_bad_arguments(capsys):
     assert main(["bench", "--precisions", "fp8"]) == 2
     assert "--precisions: 'fp8' is not one of" in capsys.readouterr().err
     assert main(["bench", "--repeats", "0"]) == 2
+
+
+def test_end_to_end_with_decode_gpu_says_how_it_decodes(capsys):
+    args = [a for a in TINY if a != "--json"] + ["--only", "e2e", "--set", "data.decode=gpu"]
+    for ahead, label in ((0, "gpu, between steps"), (3, "gpu, 3 batches ahead")):
+        assert main(args + ["--set", f"data.decode_ahead={ahead}"]) == 0
+        assert f"End to end (decode {label}, 0 worker(s), batch 4" in capsys.readouterr().out
 
 
 def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):

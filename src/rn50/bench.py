@@ -68,7 +68,7 @@ class BenchPlan:
     e2e_steps: int = 10
     e2e_workers: int = 1
     decode: str = "cpu"  # the end-to-end run's mode
-    decode_ahead: int = 2  # decode gpu: batches decoded ahead in a thread (data.decode_ahead)
+    decode_ahead: int = DataConfig.decode_ahead  # decode gpu: batches decoded ahead in a thread
     min_scale: float = 0.08
     parts: Sequence[str] = ("model", "data", "e2e")
     epochs: int = 14

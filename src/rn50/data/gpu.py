@@ -182,8 +182,16 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[to
 _DECODE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
+def _indexed(device: torch.device) -> torch.device:
+    """A CUDA `device` with its index: one named without is the current device, which is per
+    thread (a new thread's starts at GPU 0), so it is fixed where the training loop runs."""
+    if device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _indexed(device).index
     if index not in _DECODE_STREAMS:
         _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
     return _DECODE_STREAMS[index]
@@ -277,9 +285,7 @@ class DeviceDecodeLoader:
         if device.type != "cuda" or self.ahead <= 0:
             yield from ahead(batches, lambda b: decode_batch(b, device), self.ahead, name=THREAD)
             return
-        if device.index is None:
-            # The current device is per thread: the decode thread's starts at GPU 0.
-            device = torch.device("cuda", torch.cuda.current_device())
+        device = _indexed(device)
         stream = torch.cuda.Stream(device=device)
 
         def context():

@@ -137,3 +137,37 @@ def test_fused_and_plain_sgd_take_the_same_step():
             model(x).square().sum().backward()
             opt.step()
     assert torch.allclose(a.weight, b.weight, atol=1e-6)
+
+
+def test_fp16_loss_scaling_gets_an_sgd_that_honours_skipped_steps():
+    # GradScaler skips a step whose gradients overflowed. A fused SGD is handed that skip and
+    # still writes its momentum buffers; the plain one is not stepped at all.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    reference = torch.nn.Linear(4, 2)
+    reference.load_state_dict(model.state_dict())
+    cfg = OptimConfig(fused=True, momentum=0.9, weight_decay=0.0)
+    opt = build_optimizer(model, cfg, lr=0.1, loss_scaling=True)
+    assert not any(g.get("fused") for g in opt.param_groups)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.ones(3, 4)
+    scaler.scale(model(x).sum() * float("inf")).backward()  # every gradient inf/NaN
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**15 and opt.state_dict()["state"] == {}
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # The next step is a first step: the same as plain SGD's from the same weights.
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for m, o, s in ((model, opt, scaler), (reference, plain, None)):
+        o.zero_grad()
+        loss = m(x).square().sum()
+        if s is None:
+            loss.backward()
+            o.step()
+        else:
+            s.scale(loss).backward()
+            s.step(o)
+            s.update()
+    assert torch.allclose(model.weight, reference.weight, atol=1e-6)
+    assert torch.allclose(model.bias, reference.bias, atol=1e-6)

@@ -381,14 +381,14 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
     batch_size = plan.batch_sizes[0]
     model, scaler, criterion, _ = _training_setup(plan, precision, channels_last)
     optim_cfg = OptimConfig(max_lr=0.1)
-    optimizer = build_optimizer(model, optim_cfg)
+    rt = Runtime(device, _AMP[precision], channels_last)
+    optimizer = build_optimizer(model, optim_cfg, loss_scaling=rt.use_scaler)
     # Untimed: the first step (start-up, the workers' start), then as many batches as the
     # workers can have prepared meanwhile. Timed from a full queue, a short run would
     # measure the model alone however slow the data path is.
     warmup = 1 + plan.e2e_workers * PREFETCH_FACTOR
     steps = warmup + plan.e2e_steps
     scheduler = build_scheduler(optimizer, optim_cfg, steps)
-    rt = Runtime(device, _AMP[precision], channels_last)
     cfg = DataConfig(
         resolution=plan.resolution,
         workers=plan.e2e_workers,

@@ -105,7 +105,8 @@ class OptimConfig:
     no_bn_weight_decay: bool = True
     """no weight decay on BatchNorm weights and biases (the 1-D parameters)."""
     fused: bool = True
-    """fused SGD update (one kernel for all parameters) where this torch and device have it."""
+    """fused SGD update (one kernel for all parameters) where this torch and device have it;
+    not with fp16, whose loss scaler skips steps in a way fused SGD does not honour."""
     max_lr: float | str = 0.675
     """peak learning rate of the cycle (the reference run's), or auto: run the LR range test
     (see lr_finder) before training and use its suggestion."""

@@ -397,7 +397,7 @@ class Trainer:
         self.module, self.model = parallelize(model, cfg, rt)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         optim_cfg = scaled_lr(cfg.optim, self.global_batch, log)
-        self.optimizer = build_optimizer(self.module, optim_cfg)
+        self.optimizer = build_optimizer(self.module, optim_cfg, loss_scaling=rt.use_scaler)
         self.steps_per_epoch = len(self.train_data) // accum  # optimizer steps
         self.scheduler = build_scheduler(
             self.optimizer, optim_cfg, cfg.train.epochs * self.steps_per_epoch

@@ -143,7 +143,7 @@ def range_test(model: nn.Module, loader, cfg: Config, rt: Runtime) -> Sweep:
     f = cfg.lr_finder
     work = copy.deepcopy(model)
     work.train()
-    optimizer = build_optimizer(work, cfg.optim, lr=f.start_lr)
+    optimizer = build_optimizer(work, cfg.optim, lr=f.start_lr, loss_scaling=rt.use_scaler)
     # The peak of a one-cycle run is taken at base_momentum; sweep with the same momentum.
     momentum = cfg.optim.base_momentum if cfg.optim.cycle_momentum else cfg.optim.momentum
     for group in optimizer.param_groups:

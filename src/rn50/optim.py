@@ -22,13 +22,16 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, lr: float | None = None
+    model: nn.Module, cfg: OptimConfig, lr: float | None = None, loss_scaling: bool = False
 ) -> torch.optim.Optimizer:
     """SGD starting at `lr` (default: the one-cycle start, max_lr / div_factor; the schedule
-    sets it again at once). `fused` runs the update as one kernel where torch supports it."""
+    sets it again at once). `fused` runs the update as one kernel where torch supports it,
+    except with `loss_scaling` (fp16's GradScaler): GradScaler hands a fused SGD the skipping
+    of overflowing steps, and its kernel still writes the momentum buffers on such a step
+    (uninitialized memory on the first one), so fp16 runs went NaN within steps on a GPU."""
     lr = cfg.max_lr / cfg.div_factor if lr is None else lr
     kwargs = {"lr": lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov}
-    if cfg.fused:
+    if cfg.fused and not loss_scaling:
         try:
             return torch.optim.SGD(param_groups(model, cfg), fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError):

@@ -103,6 +103,21 @@ def test_end_to_end_with_decode_gpu_says_how_it_decodes(capsys):
         assert f"End to end (decode {label}, 0 worker(s), batch 4" in capsys.readouterr().out
 
 
+def test_end_to_end_is_compiled_when_compile_is_asked_for(capsys, monkeypatch):
+    # torch.compile on a CPU takes minutes: a stand-in that records what it was given.
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    args = ["--only", "e2e", "--precisions", "fp32"]
+    assert main(TINY + args) == 0
+    assert json.loads(capsys.readouterr().out)["end_to_end"]["compile"] is False
+    assert compiled == []
+    assert main([a for a in TINY if a != "--json"] + args + ["--compile"]) == 0
+    assert "batch 4, fp32, compiled): " in capsys.readouterr().out
+    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+
+
 def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):
     # 3 epochs at 64 px with a ramp from 32 px: epoch 1 at 32, epochs 2-3 at 64.
     args = [a for a in TINY if a != "--json"]

@@ -364,12 +364,15 @@ def ratios(data: list[dict]) -> list[dict]:
 # End to end
 
 
-def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bool) -> dict:
+def bench_end_to_end(
+    plan: BenchPlan, samples, precision: str, channels_last: bool, compiled: bool = False
+) -> dict:
     """Training img/s with the loader feeding the model (the plan's decode mode and workers),
     stepped as training steps it: rn50.engine.train_step with rn50.optim's fused SGD and
     one-cycle schedule. That step waits once for the GPU (its check for a non-finite loss),
     so what the loop does between steps, such as decoding the next batch on the GPU, is
-    counted as training does it."""
+    counted as training does it. `compiled`: torch.compile'd, as model.compile trains (its
+    compilation falls in the untimed first step)."""
     from rn50.config import OptimConfig
     from rn50.data.batch import to_device
     from rn50.data.loader import PREFETCH_FACTOR
@@ -383,6 +386,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
     optim_cfg = OptimConfig(max_lr=0.1)
     rt = Runtime(device, _AMP[precision], channels_last)
     optimizer = build_optimizer(model, optim_cfg, loss_scaling=rt.use_scaler)
+    step_model = torch.compile(model) if compiled else model
     # Untimed: the first step (start-up, the workers' start), then as many batches as the
     # workers can have prepared meanwhile. Timed from a full queue, a short run would
     # measure the model alone however slow the data path is.
@@ -409,7 +413,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
             break
         images, targets = to_device(images, targets, device, channels_last)
         targets = targets % plan.num_classes
-        train_step(model, [(images, targets)], criterion, optimizer, scaler, scheduler, rt)
+        train_step(step_model, [(images, targets)], criterion, optimizer, scaler, scheduler, rt)
         if step + 1 == warmup:
             _sync(device)
             t0 = time.perf_counter()
@@ -425,6 +429,7 @@ def bench_end_to_end(plan: BenchPlan, samples, precision: str, channels_last: bo
         "batch_size": batch_size,
         "precision": precision,
         "channels_last": channels_last,
+        "compile": compiled,
         "img_s": count / elapsed if elapsed > 0 else float("nan"),
         "images": count,
         "warmup_steps": warmup,
@@ -530,9 +535,10 @@ def _run(plan: BenchPlan, say) -> dict:
         if "e2e" in plan.parts:
             precision = best["precision"] if best else plan.precisions[0]
             cl = best["channels_last"] if best else True
+            compiled = best["compile"] if best else plan.compile[-1]
             say(f"end to end: decode {_decode_label(plan.decode, plan.decode_ahead)}, "
                 f"{plan.e2e_workers} worker(s)")
-            result["end_to_end"] = bench_end_to_end(plan, samples, precision, cl)
+            result["end_to_end"] = bench_end_to_end(plan, samples, precision, cl, compiled)
         lower = sorted(set(epoch_resolutions(plan)) - {plan.resolution})
         if lower and best:
             result["progressive"] = _bench_lower(plan, lower, best, samples, say)
@@ -640,7 +646,9 @@ def _bench_lower(plan: BenchPlan, resolutions, best: dict, samples, say) -> list
             at, best["batch_size"], best["precision"], best["channels_last"], best["compile"]
         )
         if samples is not None and "e2e" in plan.parts:
-            e2e = bench_end_to_end(at, samples, best["precision"], best["channels_last"])
+            e2e = bench_end_to_end(
+                at, samples, best["precision"], best["channels_last"], best["compile"]
+            )
             record["end_to_end_img_s"] = e2e["img_s"]
         if "img_s" in record:
             out.append(record)
@@ -703,7 +711,8 @@ def format_report(result: dict) -> str:
             "",
             f"End to end (decode {_decode_label(e['decode'], e.get('decode_ahead'))}, "
             f"{e['workers']} worker(s), batch "
-            f"{e['batch_size']}, {e['precision']}): {e['img_s']:.1f} images/s",
+            f"{e['batch_size']}, {e['precision']}{', compiled' if e.get('compile') else ''}): "
+            f"{e['img_s']:.1f} images/s",
         ]
     if result.get("progressive"):
         lines += ["", "Progressive resizing: the best model setting at each lower resolution:"]

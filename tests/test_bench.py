@@ -109,13 +109,16 @@ def test_end_to_end_is_compiled_when_compile_is_asked_for(capsys, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    # each measurement compiles afresh, not for the dynamic shapes of the one before it
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: compiled.append("reset"))
     args = ["--only", "e2e", "--precisions", "fp32"]
     assert main(TINY + args) == 0
     assert json.loads(capsys.readouterr().out)["end_to_end"]["compile"] is False
     assert compiled == []
     assert main([a for a in TINY if a != "--json"] + args + ["--compile"]) == 0
     assert "batch 4, fp32, compiled): " in capsys.readouterr().out
-    assert len(compiled) == 1 and isinstance(compiled[0], torch.nn.Module)
+    assert len(compiled) == 2 and compiled[0] == "reset"
+    assert isinstance(compiled[1], torch.nn.Module)
 
 
 def test_progressive_resizing_is_measured_and_projected(capsys, tmp_path):

@@ -186,6 +186,16 @@ def _training_setup(plan: BenchPlan, precision: str, channels_last: bool):
     return model, scaler, nn.CrossEntropyLoss(), memory_format
 
 
+def _compiled(model: nn.Module) -> nn.Module:
+    """torch.compile(model), compiled afresh for this shape. Compiled code is cached per Python
+    function, not per model: a second model at another resolution or batch would otherwise be
+    recompiled for dynamic shapes, slower to compile and not what a run at one size gets."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
 def bench_model(
     plan: BenchPlan, batch_size: int, precision: str, channels_last: bool, compiled: bool
 ) -> dict:
@@ -204,7 +214,7 @@ def bench_model(
     images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
-    step_model = torch.compile(model) if compiled else model
+    step_model = _compiled(model) if compiled else model
     try:
         for _ in range(plan.warmup):
             _train_step(
@@ -386,7 +396,7 @@ def bench_end_to_end(
     optim_cfg = OptimConfig(max_lr=0.1)
     rt = Runtime(device, _AMP[precision], channels_last)
     optimizer = build_optimizer(model, optim_cfg, loss_scaling=rt.use_scaler)
-    step_model = torch.compile(model) if compiled else model
+    step_model = _compiled(model) if compiled else model
     # Untimed: the first step (start-up, the workers' start), then as many batches as the
     # workers can have prepared meanwhile. Timed from a full queue, a short run would
     # measure the model alone however slow the data path is.

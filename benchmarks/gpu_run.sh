@@ -7,11 +7,12 @@
 # PyTorch and rn50 from src/ (for an image without rn50's other requirements, see
 # benchmarks/gpu_wheels.sh). Each step has a time limit, and all of them together BUDGET
 # seconds (default 480): a step that fails or runs out of time is noted in run.txt, the
-# others go on, and each file is written when its step ends. Into $OUT (9 files):
+# others go on, and each file is written when its step ends. Into $OUT (8 files):
 #
 #   run.txt          the card, driver, torch; each step's exit status and seconds, and the
-#                    end of its errors when it failed; the 32- and 40-epoch recipes'
-#                    projections, from bench-16ep.json
+#                    end of its errors when it failed; the end of the demo's training log
+#                    (`make demo`'s training on the GPU with data.decode=gpu); the 32- and
+#                    40-epoch recipes' projections, from bench-16ep.json
 #   bench-224.json   rn50 bench of configs/imagenet-reference.yaml: model step for fp32/bf16 x
 #                    channels_last at 224 px, the data modes (decode gpu included) with 1 and
 #                    all cores' workers, end to end, the reference run's projection at $PRICE
@@ -26,8 +27,8 @@
 #   e2e-gpu-between.json  the same with data.decode_ahead=0 (decoding between steps): what
 #                    the decode thread gains
 #   switches.json    benchmarks/model_switches.py at 224 px, batch 256
-#   demo-gpu.txt     `make demo`'s training on the GPU with data.decode=gpu
-#   compile.json     the model step with torch.compile off and on (bf16, channels_last)
+#   compile.json     the model step with torch.compile off and on (bf16, channels_last), and
+#                    end to end with the faster of the two, with a worker per core
 #
 # DEVICE=cpu QUICK=1 runs the same steps in miniature, to check the script without a GPU.
 set -uo pipefail
@@ -121,12 +122,13 @@ step switches 100 "$OUT/switches.json" "$PY" benchmarks/model_switches.py \
   --device "$DEVICE" --json "${switches[@]}"
 rm -rf /tmp/rn50-demo-run  # a run left by an earlier call would only be "already complete"
 "${RN50[@]}" data demo /tmp/rn50-demo > /dev/null 2>&1
-step demo-gpu 120 "$OUT/demo-gpu.txt" "${RN50[@]}" train --config configs/demo.yaml \
+step demo-gpu 120 /tmp/rn50-demo-gpu.txt "${RN50[@]}" train --config configs/demo.yaml \
   --set data.data_dir=/tmp/rn50-demo --set train.device="$DEVICE" \
   --set train.checkpoint_dir=/tmp/rn50-demo-run --set train.progress=lines "${demo[@]}"
-step compile 150 "$OUT/compile.json" "${RN50[@]}" bench --only model --device "$DEVICE" \
+grep -E "^(Training on|Using|Summary|Best val)" /tmp/rn50-demo-gpu.txt | sed 's/^/    /' >> "$LOG"
+step compile 200 "$OUT/compile.json" "${RN50[@]}" bench --only model,e2e --device "$DEVICE" \
   --config configs/imagenet-reference.yaml --precisions bf16 --channels-last on --compile \
-  --json "${small[@]}"
+  --set data.workers="$(nproc)" --json "${small[@]}"
 
 # The 32- and 40-epoch recipes train at the 16-epoch one's resolutions (160 and 192 px):
 # their projections come from its measurements, measuring nothing again.

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from rn50.config import OptimConfig
-from rn50.optim import build_optimizer, build_scheduler, current_lr, current_momentum
+from rn50.optim import (
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+    current_momentum,
+    load_optimizer_state,
+)
 
 
 def expected(step: int, total: int, c: OptimConfig) -> tuple[float, float]:
@@ -171,3 +177,22 @@ def test_fp16_loss_scaling_gets_an_sgd_that_honours_skipped_steps():
             s.update()
     assert torch.allclose(model.weight, reference.weight, atol=1e-6)
     assert torch.allclose(model.bias, reference.bias, atol=1e-6)
+
+
+def test_resuming_keeps_the_sgd_implementation_this_run_chose():
+    # A bf16 run's checkpoint (fused SGD) resumed in fp16 must stay on the plain SGD.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    fused = build_optimizer(model, OptimConfig(fused=True), lr=0.1)
+    model(torch.ones(3, 4)).sum().backward()
+    fused.step()
+    saved = fused.state_dict()
+    plain = build_optimizer(model, OptimConfig(fused=True), lr=0.5, loss_scaling=True)
+    load_optimizer_state(plain, saved)
+    assert not any(g.get("fused") for g in plain.param_groups)
+    # everything else is the checkpoint's: the LR, the momentum buffers
+    assert [g["lr"] for g in plain.param_groups] == [0.1, 0.1]
+    got = plain.state_dict()["state"]
+    assert got.keys() == saved["state"].keys() and len(got) == 2
+    for k in got:
+        assert torch.equal(got[k]["momentum_buffer"], saved["state"][k]["momentum_buffer"])

@@ -378,10 +378,10 @@ def bench_end_to_end(
     plan: BenchPlan, samples, precision: str, channels_last: bool, compiled: bool = False
 ) -> dict:
     """Training img/s with the loader feeding the model (the plan's decode mode and workers),
-    stepped as training steps it: rn50.engine.train_step with rn50.optim's fused SGD and
+    stepped as training steps it: rn50.engine.train_step with rn50.optim's SGD and
     one-cycle schedule. That step waits once for the GPU (its check for a non-finite loss),
     so what the loop does between steps, such as decoding the next batch on the GPU, is
-    counted as training does it. `compiled`: torch.compile'd, as model.compile trains (its
+    counted as training does it. `compiled`: torch.compile'd, as train.compile trains (its
     compilation falls in the untimed first step)."""
     from rn50.config import OptimConfig
     from rn50.data.batch import to_device

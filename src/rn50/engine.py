@@ -34,7 +34,13 @@ from rn50.ema import ModelEMA
 from rn50.errors import CheckpointError, ConfigError, DataError, Diverged
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
-from rn50.optim import build_optimizer, build_scheduler, current_lr, current_momentum
+from rn50.optim import (
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+    current_momentum,
+    load_optimizer_state,
+)
 from rn50.preempt import Preempted, SignalGuard
 from rn50.progress import Reporter, make_reporter
 from rn50.runlog import RunLog, read_metrics
@@ -463,7 +469,7 @@ class Trainer:
             )
         self.module.load_state_dict(state.get("train_model", state["model"]))
         self.restore_ema(state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if state.get("rng") is not None and dist.world_size() == 1:

@@ -39,6 +39,22 @@ def build_optimizer(
     return torch.optim.SGD(param_groups(model, cfg), **kwargs)
 
 
+# How an optimizer computes its step, chosen by build_optimizer for this run; not state.
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """optimizer.load_state_dict(state), keeping the implementation build_optimizer chose.
+
+    torch restores every param-group key from the checkpoint, "fused" included: a checkpoint
+    of a bf16 run (fused SGD) resumed in fp16 would bring back the fused step that fp16's loss
+    scaler must not drive."""
+    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keys in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(keys)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.OneCycleLR:

@@ -11,13 +11,14 @@ STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 def normalize(images: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, H, W), zero mean and unit variance per channel."""
-    mean, std = _statistics(images.device)
+    mean, std = channel_statistics(images.device)
     x = (images.float() - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @functools.lru_cache(maxsize=8)
-def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of MEAN_255/STD_255 as (1, 3, 1, 1) float tensors on `device`."""
     # Made once per device: building them from Python numbers each batch is a blocking copy
     # to a GPU, which waits for every kernel queued before it.
     mean = torch.tensor(MEAN_255, device=device).view(1, 3, 1, 1)

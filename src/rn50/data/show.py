@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rn50.config import Config, check_data_dir
-from rn50.data.batch import MEAN_255, STD_255, to_device
+from rn50.data.batch import channel_statistics, to_device
 from rn50.data.layout import find_dataset
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import resolution_at
@@ -23,8 +23,7 @@ from rn50.errors import DataError, UserError
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
     """normalize()'s inverse: float (N, 3, H, W) -> uint8 pixels."""
-    mean = torch.tensor(MEAN_255, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD_255, device=x.device).view(1, 3, 1, 1)
+    mean, std = channel_statistics(x.device)
     return (x.float() * std + mean).round().clamp(0, 255).to(torch.uint8)
 
 

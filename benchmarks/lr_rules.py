@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from rn50.config import RULES, load_config
-from rn50.engine import fit
-from rn50.lr_finder import lr_find, save_plot, suggest
 from rn50.runlog import read_metrics
+from rn50.train.loop import fit
+from rn50.train.lr_finder import lr_find, save_plot, suggest
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/model_switches.py [--resolution 112] [--batch 16]
         [--steps 2] [--repeats 3] [--device cpu] [--json]
 
-Each setting runs rn50's own training step (rn50.engine.train_step: autocast, GradScaler,
+Each setting runs rn50's own training step (rn50.train.step.train_step: autocast, GradScaler,
 OneCycleLR, the optimizer of rn50.optim with its parameter groups) on random images, with
 one config key changed from rn50's defaults (bf16 autocast where the device has it,
 channels_last, fused SGD, no weight decay on BatchNorm, zero-init of the last BatchNorm of
@@ -25,9 +25,10 @@ from torch import nn
 
 from rn50.config import Config
 from rn50.ema import ModelEMA
-from rn50.engine import Runtime, resolve_precision, train_step
 from rn50.model import build_model
 from rn50.optim import build_optimizer, build_scheduler
+from rn50.train.runtime import Runtime, resolve_precision
+from rn50.train.step import train_step
 
 # name -> (section, key, value) changed from the defaults; None: the defaults themselves.
 SETTINGS = {

@@ -91,7 +91,7 @@ def demo48_config(demo48: tuple[Path, Path], run_dir: Path, **sections) -> Confi
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory, tiny_data):
     """An uninterrupted 2-epoch ResNet-50 run on tiny_data, in this process, 2 data workers."""
-    from rn50.engine import fit
+    from rn50.train.loop import fit
 
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     fit(tiny_config(tiny_data, run_dir, data={"workers": 2}))

@@ -23,8 +23,9 @@ from rn50.data import decode, gpu
 from rn50.data.layout import find_dataset
 from rn50.data.photos import write_imagenet_like
 from rn50.data.pipeline import make_loader
-from rn50.engine import evaluate_checkpoint, fit
 from rn50.runlog import read_metrics
+from rn50.train.evaluate import evaluate_checkpoint
+from rn50.train.loop import fit
 from tests.conftest import demo48_config
 
 DEVICE = torch.device(os.environ.get("RN50_TEST_DEVICE", "cuda"))

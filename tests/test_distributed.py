@@ -21,9 +21,10 @@ import torch
 from rn50.checkpoint import last_path, load_checkpoint
 from rn50.cli import main
 from rn50.config import from_dict
-from rn50.engine import evaluate_checkpoint, fit
 from rn50.errors import CheckpointError
 from rn50.runlog import read_metrics
+from rn50.train.evaluate import evaluate_checkpoint
+from rn50.train.loop import fit
 from tests.conftest import assert_same_weights, demo48_config, without_timing
 
 STEPS = 3  # demo48: 48 train images / global batch 16 (8 a rank x 2 ranks)
@@ -286,7 +287,7 @@ def test_half_set_torchrun_environment_is_one_clear_error(demo48, tmp_path, monk
 
 
 def test_sync_bn_on_cpus_is_refused_and_compile_keeps_plain_weights(tmp_path, monkeypatch):
-    import rn50.engine as engine
+    import rn50.train.loop as engine
     from rn50.errors import ConfigError
 
     cfg = config((tmp_path, ""), tmp_path / "run", model={"sync_bn": True})
@@ -306,8 +307,8 @@ def test_sync_bn_on_cpus_is_refused_and_compile_keeps_plain_weights(tmp_path, mo
 
 
 def test_scale_lr_follows_the_per_256_rule(tmp_path):
-    from rn50.engine import scaled_lr
     from rn50.errors import ConfigError
+    from rn50.optim import scaled_lr
     from rn50.runlog import ConsoleLog
 
     cfg = config((tmp_path, ""), tmp_path / "run", optim={"max_lr": 0.1, "scale_lr": True})

@@ -11,10 +11,11 @@ import torch
 
 from rn50.checkpoint import load_checkpoint
 from rn50.cli import main
-from rn50.engine import fit, initial_weights
 from rn50.errors import CheckpointError
 from rn50.model import build_model
 from rn50.runlog import RunLog, read_metrics
+from rn50.train.loop import fit
+from rn50.train.resume import initial_weights
 from tests.conftest import assert_same_run, assert_same_weights, tiny_config
 
 
@@ -147,7 +148,7 @@ def test_skip_list_leaves_files_out_of_training(tiny_data, tmp_path):
     skip.write_text("# unreadable files\ntrain/class_0/img_000.jpg\ntrain/class_2/img_003.jpg\n"
                     "val/class_1/img_017.jpg\n")
     cfg = tiny_config(tiny_data, tmp_path / "run", data={"skip_list": str(skip)})
-    from rn50.engine import load_index
+    from rn50.train.loaders import load_index
 
     index = load_index(cfg.data, 3)
     assert (len(index.train), len(index.val)) == (46, 11)

@@ -8,10 +8,13 @@ import torch
 from PIL import Image
 
 from rn50.config import LRFinderConfig
-from rn50.engine import fit, initial_weights, load_index, make_runtime, train_loader
-from rn50.lr_finder import lr_find, range_test, suggest, sweep_lr
 from rn50.model import build_model
 from rn50.runlog import ConsoleLog, read_metrics
+from rn50.train.loaders import load_index, train_loader
+from rn50.train.loop import fit
+from rn50.train.lr_finder import lr_find, range_test, suggest, sweep_lr
+from rn50.train.resume import initial_weights
+from rn50.train.runtime import make_runtime
 from tests.conftest import tiny_config
 
 

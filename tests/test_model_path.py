@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from rn50.checkpoint import load_checkpoint
-from rn50.engine import Trainer, evaluate_checkpoint, fit
 from rn50.runlog import read_metrics
+from rn50.train.evaluate import evaluate_checkpoint
+from rn50.train.loop import Trainer, fit
 from tests.conftest import assert_same_run, assert_same_weights, demo48_config
 
 SMALL = {"arch": "resnet18"}

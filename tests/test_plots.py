@@ -49,7 +49,8 @@ def test_curves_of_records_size_and_ink(tmp_path):
 
 @pytest.mark.parametrize("decode", ["cpu", "pil"])
 def test_samples_are_the_first_batch_the_trainer_sees(tiny_data, tmp_path, decode):
-    from rn50.engine import load_index, make_runtime, train_loader
+    from rn50.train.loaders import load_index, train_loader
+    from rn50.train.runtime import make_runtime
 
     cfg = tiny_config(tiny_data, tmp_path / "run", data={"hflip": True, "decode": decode})
     x, labels, names = draw_samples(cfg, 8)

@@ -87,7 +87,7 @@ def test_cli_table_and_json(capsys, known_ckpt, photos):
 def test_predict_sees_what_eval_sees(tmp_path, tiny_data):
     """A trained checkpoint: predictions equal the eval pipeline's softmax, computed here from
     load_rgb + EvalTransform + normalize + the checkpoint's weights."""
-    from rn50.engine import fit
+    from rn50.train.loop import fit
 
     run = tmp_path / "run"
     fit(tiny_config(tiny_data, run, model={"arch": "resnet18"}, train={"epochs": 1}))

@@ -9,8 +9,7 @@ import torch
 
 from rn50.config import load_config
 from rn50.data.schedule import eval_resolution, resolution_at
-from rn50.engine import scaled_lr
-from rn50.optim import build_optimizer, build_scheduler, current_lr
+from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 # FFCV's rn50_<E>_epochs.yaml: start_ramp and end_ramp (epochs counted from 0).

@@ -176,7 +176,7 @@ def test_too_many_bad_images_is_a_clear_error(tmp_path, capsys):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     tiny_data, tmp_path, monkeypatch, capsys
 ):
-    import rn50.engine as engine
+    import rn50.train.loop as engine
 
     real_build = engine.build_model
     calls = {"n": 0}

@@ -378,7 +378,7 @@ def bench_end_to_end(
     plan: BenchPlan, samples, precision: str, channels_last: bool, compiled: bool = False
 ) -> dict:
     """Training img/s with the loader feeding the model (the plan's decode mode and workers),
-    stepped as training steps it: rn50.engine.train_step with rn50.optim's SGD and
+    stepped as training steps it: rn50.train.step.train_step with rn50.optim's SGD and
     one-cycle schedule. That step waits once for the GPU (its check for a non-finite loss),
     so what the loop does between steps, such as decoding the next batch on the GPU, is
     counted as training does it. `compiled`: torch.compile'd, as train.compile trains (its
@@ -387,8 +387,9 @@ def bench_end_to_end(
     from rn50.data.batch import to_device
     from rn50.data.loader import PREFETCH_FACTOR
     from rn50.data.pipeline import make_loader
-    from rn50.engine import Runtime, train_step
     from rn50.optim import build_optimizer, build_scheduler
+    from rn50.train.runtime import Runtime
+    from rn50.train.step import train_step
 
     device = plan.device
     batch_size = plan.batch_sizes[0]

@@ -42,7 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from rn50 import distributed as dist
     from rn50.config import load_config
-    from rn50.engine import fit, resolve_device
+    from rn50.train.loop import fit
+    from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     with dist.process_group(resolve_device(cfg.train.device)):
@@ -66,7 +67,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     Set optim.max_lr: auto to run this before training automatically.
     """
     from rn50.config import load_config
-    from rn50.lr_finder import lr_find
+    from rn50.train.lr_finder import lr_find
 
     result = lr_find(load_config(args.config, args.overrides))
     print(f"Use it with: --set optim.max_lr={result.max_lr:.4g}")
@@ -83,7 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rn50 import distributed as dist
     from rn50.checkpoint import load_checkpoint
     from rn50.config import from_dict, load_config
-    from rn50.engine import evaluate_checkpoint, resolve_device
+    from rn50.train.evaluate import evaluate_checkpoint
+    from rn50.train.runtime import resolve_device
 
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
@@ -343,7 +345,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         run_bench,
     )
     from rn50.config import load_config
-    from rn50.engine import resolve_device
+    from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     # --from needs no device: only the run's length, schedule and price are read from cfg.

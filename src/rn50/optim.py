@@ -1,5 +1,7 @@
 """The optimizer and the one-cycle LR schedule, both built from the `optim` config section."""
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -87,3 +89,13 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def current_momentum(optimizer: torch.optim.Optimizer) -> float:
     return optimizer.param_groups[0].get("momentum", 0.0)
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int, log) -> OptimConfig:
+    """optim.scale_lr: max_lr is the peak LR for a global batch of 256 images; scale it
+    linearly (Goyal et al. 2017) and log the result. Returns cfg itself when scale_lr is off."""
+    if not cfg.scale_lr:
+        return cfg
+    lr = cfg.max_lr * global_batch / 256
+    log.log(f"max_lr {cfg.max_lr:g} x global batch {global_batch}/256 = {lr:.4g} (optim.scale_lr)")
+    return dataclasses.replace(cfg, max_lr=lr)

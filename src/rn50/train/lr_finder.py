@@ -35,8 +35,11 @@ from torch import nn
 
 from rn50.config import Config, LRFinderConfig
 from rn50.data.batch import to_device
-from rn50.engine import Runtime, allow_skipped_steps, train_step
 from rn50.optim import build_optimizer
+from rn50.train.loaders import load_index, train_loader
+from rn50.train.resume import initial_weights
+from rn50.train.runtime import Runtime, make_runtime
+from rn50.train.step import allow_skipped_steps, train_step
 
 SKIP_START = 0.1  # the first 10% of the sweep sits on the flat start of the curve
 
@@ -249,6 +252,8 @@ def save_plot(
 
 @dataclass
 class Result:
+    """A range test's suggestion and where its plot and curve were written."""
+
     max_lr: float
     plot: Path
     csv: Path
@@ -286,7 +291,6 @@ def lr_find(cfg: Config) -> Result:
     The initial weights are the run's own (initial_model_path, saved here if new), so the
     training that follows starts from exactly the weights the sweep started from.
     """
-    from rn50.engine import initial_weights, load_index, make_runtime, train_loader
     from rn50.model import build_model
     from rn50.runlog import ConsoleLog
 
@@ -296,7 +300,16 @@ def lr_find(cfg: Config) -> Result:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     initial_weights(model, cfg.train, log)
-    memory_format = torch.channels_last if rt.channels_last else torch.contiguous_format
-    model.to(rt.device, memory_format=memory_format)
+    model.to(rt.device, memory_format=rt.memory_format)
     loader = train_loader(cfg.data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)
+
+
+def choose_max_lr(cfg: Config, saved: dict | None, model, loader, rt: Runtime, log) -> float:
+    """optim.max_lr: auto -> the resumed run's value (`saved`: its checkpoint), or a fresh
+    range test's suggestion (artifacts in the run dir)."""
+    if saved is not None:
+        lr = saved["config"]["optim"]["max_lr"]
+        log.log(f"max_lr: auto -> {lr:.4g} (chosen when this run started)")
+        return lr
+    return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log).max_lr

@@ -207,7 +207,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     data.skip_list; --fix-to DIR writes a copy that checks clean: converted files re-encoded
     as RGB, unreadable ones left out, the rest hard-linked.
     """
-    from rn50.data.doctor import (
+    from rn50.data.check.scan import (
         check_dataset,
         check_fix_target,
         format_report,

@@ -20,9 +20,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from rn50.cli import main
-from rn50.data import doctor
-from rn50.data.demo import write_demo_dataset
-from rn50.data.doctor import (
+from rn50.data.check import scan as doctor
+from rn50.data.check.scan import (
     apply_skip_list,
     check_dataset,
     check_file,
@@ -30,6 +29,7 @@ from rn50.data.doctor import (
     write_fixed_copy,
     write_skip_list,
 )
+from rn50.data.demo import write_demo_dataset
 from rn50.data.layout import DatasetIndex, find_dataset
 from rn50.data.transforms import load_rgb, to_rgb
 from rn50.errors import DataError

@@ -208,7 +208,7 @@ def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
     """Find the dataset and check it against model.num_classes."""
     index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
-        from rn50.data.check.scan import apply_skip_list, read_skip_list
+        from rn50.data.skiplist import apply_skip_list, read_skip_list
 
         index = apply_skip_list(index, read_skip_list(cfg.skip_list))
     if len(index.classes) != num_classes:

@@ -328,7 +328,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rn50.bench import (
+    from rn50.bench.projection import (
         DATA_MODES,
         PRECISIONS,
         default_plan,

@@ -328,16 +328,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rn50.bench.projection import (
-        DATA_MODES,
-        PRECISIONS,
-        default_plan,
-        format_report,
-        parse_list,
-        read_result,
-        reproject,
-        run_bench,
-    )
+    from rn50.bench.plan import DATA_MODES, PRECISIONS, default_plan, parse_list
+    from rn50.bench.projection import read_result, reproject
+    from rn50.bench.report import format_report
+    from rn50.bench.run import run_bench
     from rn50.config import load_config
     from rn50.engine import resolve_device
 

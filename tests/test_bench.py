@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rn50.bench import IMAGENET_TRAIN_IMAGES, projection
+from rn50.bench.projection import IMAGENET_TRAIN_IMAGES, projection
 from rn50.cli import main
 
 # resnet18 at 32 px, one thread, one step: the whole benchmark in a few seconds.

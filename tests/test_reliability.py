@@ -148,7 +148,7 @@ def test_bad_images_are_skipped_counted_and_named(tmp_path):
     )
     assert check.returncode == 1
     assert "unreadable" in check.stdout
-    from rn50.data.doctor import check_dataset
+    from rn50.data.check.scan import check_dataset
     from rn50.data.layout import find_dataset
 
     report = check_dataset(find_dataset(data), workers=1)

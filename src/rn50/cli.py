@@ -209,15 +209,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     data.skip_list; --fix-to DIR writes a copy that checks clean: converted files re-encoded
     as RGB, unreadable ones left out, the rest hard-linked.
     """
-    from rn50.data.doctor import (
-        check_dataset,
-        check_fix_target,
-        format_report,
-        write_fixed_copy,
-        write_json,
-        write_skip_list,
-    )
+    from rn50.data.check.fix import check_fix_target, write_fixed_copy
+    from rn50.data.check.report import format_report, write_json
+    from rn50.data.check.scan import check_dataset
     from rn50.data.layout import find_dataset
+    from rn50.data.skiplist import write_skip_list
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -334,16 +330,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rn50.bench import (
-        DATA_MODES,
-        PRECISIONS,
-        default_plan,
-        format_report,
-        parse_list,
-        read_result,
-        reproject,
-        run_bench,
-    )
+    from rn50.bench.plan import DATA_MODES, PRECISIONS, default_plan, parse_list
+    from rn50.bench.projection import read_result, reproject
+    from rn50.bench.report import format_report
+    from rn50.bench.run import run_bench
     from rn50.config import load_config
     from rn50.train.runtime import resolve_device
 

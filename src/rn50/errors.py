@@ -23,3 +23,9 @@ class StorageError(UserError):
 
 class Diverged(Exception):
     """The training loss stayed NaN/inf for train.max_bad_steps steps in a row."""
+
+
+def one_line(e: BaseException) -> str:
+    """`e`'s message with its white space (newlines too) folded to single spaces, or its type's
+    name when the message is empty: for error messages that must stay on one line."""
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,4 +1,4 @@
-"""Known-answer tests for rn50.data.doctor and `rn50 data check`.
+"""Known-answer tests for rn50.data.check, rn50.data.skiplist and `rn50 data check`.
 
 Small datasets in both layouts are seeded with one file of every bad kind, so every count in a
 report is known exactly.
@@ -20,17 +20,12 @@ import pytest
 from PIL import Image, ImageFile
 
 from rn50.cli import main
-from rn50.data import doctor
+from rn50.data.check import report as doctor
+from rn50.data.check.fix import write_fixed_copy
+from rn50.data.check.scan import check_dataset, check_file
 from rn50.data.demo import write_demo_dataset
-from rn50.data.doctor import (
-    apply_skip_list,
-    check_dataset,
-    check_file,
-    read_skip_list,
-    write_fixed_copy,
-    write_skip_list,
-)
 from rn50.data.layout import DatasetIndex, find_dataset
+from rn50.data.skiplist import apply_skip_list, read_skip_list, write_skip_list
 from rn50.data.transforms import load_rgb, to_rgb
 from rn50.errors import DataError
 from tests.conftest import write_digit_tree

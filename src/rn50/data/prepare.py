@@ -37,7 +37,9 @@ from typing import IO
 
 from PIL import Image
 
-from rn50.data.doctor import _loc_files, _Progress, _truncated_images_refused, default_workers
+from rn50.data.check.fix import _loc_files
+from rn50.data.check.report import _Progress
+from rn50.data.check.scan import _truncated_images_refused, default_workers
 from rn50.data.layout import find_dataset
 from rn50.data.transforms import to_rgb
 from rn50.errors import DataError

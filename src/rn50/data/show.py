@@ -34,7 +34,7 @@ def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tupl
         raise UserError(f"--count must be at least 1, got {count}")
     index = find_dataset(check_data_dir(cfg.data))
     if cfg.data.skip_list:
-        from rn50.data.doctor import apply_skip_list, read_skip_list
+        from rn50.data.skiplist import apply_skip_list, read_skip_list
 
         index = apply_skip_list(index, read_skip_list(cfg.data.skip_list))
     if not index.train:

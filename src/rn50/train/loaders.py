@@ -6,6 +6,7 @@ from rn50.data.index_cache import load_dataset_index
 from rn50.data.layout import DatasetIndex
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import eval_resolution
+from rn50.data.skiplist import apply_skip_list, read_skip_list
 from rn50.errors import ConfigError, DataError
 from rn50.train.runtime import Runtime
 
@@ -18,8 +19,6 @@ def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
     """
     index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
-        from rn50.data.doctor import apply_skip_list, read_skip_list
-
         index = apply_skip_list(index, read_skip_list(cfg.skip_list))
     if len(index.classes) != num_classes:
         raise ConfigError(

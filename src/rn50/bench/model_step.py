@@ -1,0 +1,95 @@
+"""The model step alone: training img/s (forward, backward, SGD) on synthetic data already on
+the device, for one batch size, precision, memory format and compile setting."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from rn50.bench.plan import BenchPlan
+from rn50.bench.timing import median, sync
+from rn50.config import ModelConfig
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""precision name -> autocast dtype (None: fp32, no autocast)."""
+
+
+def _train_step(model, images, targets, optimizer, scaler, criterion, device, amp_dtype):
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = criterion(model(images), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def training_setup(plan: BenchPlan, precision: str, channels_last: bool):
+    """(model, scaler, criterion, memory_format) for timing training steps: the plan's arch
+    on its device in train mode, seeded (torch.manual_seed(0)), a GradScaler that scales the
+    loss for fp16 only, cross-entropy, and the memory format its inputs must have
+    (channels_last or contiguous). `precision` is a key of AMP_DTYPES."""
+    from rn50.model import build_model
+
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
+    model.to(plan.device, memory_format=memory_format).train()
+    scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
+    return model, scaler, nn.CrossEntropyLoss(), memory_format
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """torch.compile(model), compiled afresh for this shape. Compiled code is cached per Python
+    function, not per model: a second model at another resolution or batch would otherwise be
+    recompiled for dynamic shapes, slower to compile and not what a run at one size gets."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+def bench_model(
+    plan: BenchPlan, batch_size: int, precision: str, channels_last: bool, compiled: bool
+) -> dict:
+    """Training img/s of one setting on synthetic data (batch_size x 3 x R x R images, R the
+    plan's resolution; plan.warmup untimed steps, then plan.repeats runs of plan.steps).
+
+    Returns the setting with "img_s" (the median) and "runs" (img/s of each run), or with
+    "error" ("Type: first line of the message") when the step fails (no C++ compiler for
+    torch.compile, a precision the device lacks): a failed setting does not stop the others.
+    """
+    record = {
+        "arch": plan.arch,
+        "resolution": plan.resolution,
+        "batch_size": batch_size,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compiled,
+    }
+    device, amp_dtype = plan.device, AMP_DTYPES[precision]
+    model, scaler, criterion, memory_format = training_setup(plan, precision, channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
+    images = images.contiguous(memory_format=memory_format)
+    targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
+    step_model = compile_model(model) if compiled else model
+    try:
+        for _ in range(plan.warmup):
+            _train_step(
+                step_model, images, targets, optimizer, scaler, criterion, device, amp_dtype
+            )
+        sync(device)
+        runs = []
+        for _ in range(plan.repeats):
+            t0 = time.perf_counter()
+            for _ in range(plan.steps):
+                _train_step(
+                    step_model, images, targets, optimizer, scaler, criterion, device, amp_dtype
+                )
+            sync(device)
+            runs.append(batch_size * plan.steps / (time.perf_counter() - t0))
+    except Exception as e:  # no C++ compiler for torch.compile, a precision the device lacks
+        return {**record, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    return {**record, "img_s": median(runs), "runs": runs}

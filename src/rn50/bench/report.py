@@ -1,0 +1,106 @@
+"""The result of `rn50 bench` as readable tables, or as JSON."""
+
+from __future__ import annotations
+
+import json
+
+
+def decode_label(mode: str, ahead: int | None) -> str:
+    """'gpu, 2 batches ahead' / 'gpu, between steps' / 'cpu': the end-to-end run's mode."""
+    if mode != "gpu" or ahead is None:
+        return mode
+    return f"gpu, {ahead} batches ahead" if ahead > 0 else "gpu, between steps"
+
+
+def format_report(result: dict) -> str:
+    """The readable tables of a run_bench (or reproject) result: images/s of each
+    measurement, and the projection's epoch time, run hours and cost where there is one."""
+    lines = [
+        f"device: {result['device']}  torch {result.get('torch', '?')}  "
+        f"load average at start {_load(result.get('load_avg_start'))}, "
+        f"at end {_load(result.get('load_avg_end'))}"
+    ]
+    if result.get("model"):
+        lines += [
+            "",
+            "Model step (synthetic data on the device), images/s:",
+            f"  {'batch':>5}  {'precision':<9}  {'channels_last':<13}  {'compile':<7}  "
+            f"{'img/s':>9}",
+        ]
+        for r in result["model"]:
+            value = f"{r['img_s']:9.1f}" if "img_s" in r else f"  {r['error']}"
+            lines.append(
+                f"  {r['batch_size']:>5}  {r['precision']:<9}  "
+                f"{'on' if r['channels_last'] else 'off':<13}  "
+                f"{'on' if r['compile'] else 'off':<7}  {value}"
+            )
+    if result.get("data"):
+        vs = {
+            (r["mode"], r["workers"]): r["vs_torchvision"]
+            for r in result.get("data_vs_torchvision", [])
+        }
+        lines += [
+            "",
+            f"Data path alone, {result.get('data_source', '?')}, images/s:",
+            f"  {'mode':<12}  {'workers':>7}  {'img/s':>9}  {'per worker':>10}  "
+            f"{'vs torchvision':>14}",
+        ]
+        for r in result["data"]:
+            ratio = vs.get((r["mode"], r["workers"]))
+            lines.append(
+                f"  {r['mode']:<12}  {r['workers']:>7}  {r['img_s']:9.1f}  "
+                f"{r['img_s_per_worker']:10.1f}  "
+                f"{(f'{ratio:.2f}x' if ratio else '-'):>14}"
+            )
+    if result.get("end_to_end"):
+        e = result["end_to_end"]
+        lines += [
+            "",
+            f"End to end (decode {decode_label(e['decode'], e.get('decode_ahead'))}, "
+            f"{e['workers']} worker(s), batch "
+            f"{e['batch_size']}, {e['precision']}{', compiled' if e.get('compile') else ''}): "
+            f"{e['img_s']:.1f} images/s",
+        ]
+    if result.get("progressive"):
+        lines += ["", "Progressive resizing: the best model setting at each lower resolution:"]
+        for r in result["progressive"]:
+            e2e = r.get("end_to_end_img_s")
+            lines.append(
+                f"  {r['resolution']:>4} px  model {r['img_s']:9.1f} img/s"
+                + (f"  end to end {e2e:9.1f} img/s" if e2e is not None else "")
+            )
+    if result.get("projection"):
+        p = result["projection"]
+        if result.get("projected_from"):
+            lines += ["", f"Projected from the measurements in {result['projected_from']}."]
+        rates = f"data {p['data_img_s']:.1f}, model {p['model_img_s']:.1f}"
+        if p.get("end_to_end_img_s") is not None:
+            rates += f", end to end {p['end_to_end_img_s']:.1f}"
+        lines += [
+            "",
+            f"ImageNet-1k projection: {p['images_per_epoch']:,} images / min({rates}) img/s "
+            f"x {p['gpus']} GPU(s) = {_duration(p['epoch_s'])} per epoch "
+            f"({p['bottleneck']} bound); {p['epochs']} epochs = {p['hours']:.1f} h"
+            + (
+                f" (progressive resizing {min(p['resolutions'])}-{max(p['resolutions'])} px)"
+                if p.get("resolutions")
+                else ""
+            ),
+        ]
+        if p["price_per_gpu_hour"]:
+            lines.append(f"  cost at {p['price_per_gpu_hour']:g}/GPU-hour: {p['cost']:.2f}")
+    return "\n".join(lines)
+
+
+def _load(values) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if values else "?"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+
+
+def to_json(result: dict) -> str:
+    """`result` as indented JSON text (what --json prints)."""
+    return json.dumps(result, indent=1)

@@ -6,6 +6,7 @@ work; a file it reads is checked to be one (`check_input_file`, `read_text_file`
 UserError with the path (a bounded excerpt of it) and what to do.
 """
 
+import codecs
 import os
 import stat
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from rn50.errors import UserError, excerpt
 
 PATH_CHARS = 240  # a path in a message: room for a deep one, not for a megabyte
+TEXT_SAMPLE = 1 << 16
 
 
 def _show(path: str | os.PathLike) -> str:
@@ -83,8 +85,12 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
-def check_input_file(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """`path` is a regular, readable, non-empty file; else UserError "<what> ...; <hint>"."""
+def check_input_file(path: str | os.PathLike, what: str, hint: str, text: bool = False) -> Path:
+    """`path` is a regular, readable, non-empty file; else UserError "<what> ...; <hint>".
+
+    With `text`, its first TEXT_SAMPLE bytes must also be UTF-8 (a binary file is refused
+    without reading all of it).
+    """
     p = Path(path).expanduser()
     st = _stat(p, what)
     shown = _show(p)
@@ -98,6 +104,15 @@ def check_input_file(path: str | os.PathLike, what: str, hint: str) -> Path:
         raise UserError(f"{what} {shown} is empty; {hint}")
     if not os.access(p, os.R_OK):
         raise UserError(f"{what} {shown}: no permission to read it")
+    if text:
+        with open(p, "rb") as f:
+            sample = f.read(TEXT_SAMPLE)
+        try:  # incremental: a character cut at the end of the sample is not an error
+            codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{what} {shown} is not a text file (byte {e.start} is not UTF-8); {hint}"
+            ) from None
     return p
 
 

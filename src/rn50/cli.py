@@ -416,7 +416,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.from_file:
         check_input_file(args.from_file, "--from", "pass a file written by rn50 bench --json",
                          text=True)
-    cfg.data.workers = cap_workers(cfg.data.workers, "data.workers")
     # --from needs no device: only the run's length, schedule and price are read from cfg.
     device = "cpu" if args.from_file else resolve_device(args.device or cfg.train.device)
     plan = default_plan(cfg, torch.device(device), args.full)
@@ -426,7 +425,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         and parse_list(args.precisions, str, "--precisions", PRECISIONS),
         "modes": args.modes and parse_list(args.modes, str, "--modes", DATA_MODES),
         "workers": args.workers and tuple(sorted({
-            cap_workers(w, "--workers", least=1) for w in parse_list(args.workers, int, "--workers")
+            cap_workers(w, "--workers") for w in parse_list(args.workers, int, "--workers")
         })),
         "parts": args.only and parse_list(args.only, str, "--only", ("model", "data", "e2e")),
         "compile": (False, True) if args.compile else None,
@@ -596,7 +595,7 @@ def _quiet_stdout() -> None:
     /dev/null, so that Python's final flush at exit does not print a second traceback."""
     import contextlib
 
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no real file: nothing to do
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
 

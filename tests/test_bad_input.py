@@ -240,6 +240,28 @@ def test_excerpt_of_a_huge_shared_structure_is_bounded_and_fast():
     assert excerpt("two\nlines") == "'two\\nlines'"
 
 
+# --- command-line syntax: argparse's errors in the same one-line form ------------------------
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train"], "the following arguments are required: --config/-c"),
+    (["predict", "--top", "9" * 5000, "--checkpoint", "x", "y"], "invalid int value"),
+    (["fly"], "invalid choice: 'fly'"),
+    (["data", "check"], "required: PATH"),
+    (["predict", "--top", "-" + "9" * 4000, "--checkpoint", "x", "y"], "--top must be"),
+    (["app", "--port", "9" * 4000, "--checkpoint", "x"], "--port must be"),
+    (["data", "check", ".", "--max-paths", "-" + "9" * 4000], "--max-paths must be"),
+])
+def test_argument_errors_are_one_bounded_line(capsys, argv, needle):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    assert rc == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rn50: error: ") and needle in lines[0]
+    assert len(lines[0]) < MAX_LINE
+
+
 # --- config files: every command that reads --config ---------------------------------------
 
 def config_commands(ckpt) -> list[list]:

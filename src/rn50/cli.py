@@ -4,10 +4,11 @@ one library function; errors the user can fix print one line and exit with code 
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from rn50 import __version__
-from rn50.errors import Diverged, UserError
+from rn50.errors import Diverged, UserError, excerpt
 from rn50.preempt import EXIT_PREEMPTED, Preempted
 
 EXIT_USAGE = 2
@@ -162,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rn50.predict import Predictor, format_table
 
     if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
+        raise UserError(f"--top must be at least 1, got {excerpt(args.top)}")
     if args.onnx:
         predictor = Predictor.from_onnx(args.onnx, args.classes)
     else:
@@ -189,7 +190,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     from rn50.app import serve
 
     if not 0 < args.port < 65536:
-        raise UserError(f"--port must be in 1..65535, got {args.port}")
+        raise UserError(f"--port must be in 1..65535, got {excerpt(args.port)}")
     serve(args.checkpoint, args.host, args.port, args.device)
     return 0
 
@@ -267,7 +268,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from rn50.resources import cap_workers
 
     if args.max_paths < 0:
-        raise UserError(f"--max-paths must be 0 or more, got {args.max_paths}")
+        raise UserError(f"--max-paths must be 0 or more, got {excerpt(args.max_paths)}")
     # Every output before the scan, not after an hour of it.
     for flag, path in (("--json", args.json), ("--skip-list", args.skip_list)):
         if path:
@@ -438,7 +439,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     for name in ("images", "steps", "repeats", "epochs", "gpus", "threads"):
         if changes[name] is not None and changes[name] < 1:
-            raise UserError(f"--{name} must be at least 1, got {changes[name]}")
+            raise UserError(f"--{name} must be at least 1, got {excerpt(changes[name])}")
     plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
     if args.from_file:
         measuring = [f"--{k.replace('_', '-')}" for k in MEASURE_FLAGS if getattr(args, k)]
@@ -454,10 +455,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with rn50's error format: one line `rn50: error: ...`, at most ERROR_CHARS
+    long (argparse quotes the bad value whole), and exit code 2; no usage block."""
+
+    ERROR_CHARS = 300
+
+    def error(self, message: str) -> typing.NoReturn:
+        text = " ".join(message.split())
+        if len(text) > self.ERROR_CHARS:
+            text = text[: self.ERROR_CHARS - 3] + "..."
+        self.exit(EXIT_USAGE, f"rn50: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rn50.config import describe
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rn50", description="Train ResNet-50 from scratch on ImageNet-1k, and serve it."
     )
     parser.add_argument("--version", action="version", version=f"rn50 {__version__}")

@@ -1,10 +1,11 @@
 # make demo: set up, build the demo dataset, train ResNet-50 on it, evaluate.
-# make test: set up with the test extras, run the test suite.
+# make test: set up with the test extras (and Debian's chromium when missing), run the suite.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The exact PyTorch this project is tested with; the package itself accepts torch>=2.4.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+CHROMIUM ?= /usr/bin/chromium
 
 .PHONY: demo test lint clean
 
@@ -22,7 +23,13 @@ demo: $(BIN)/rn50
 	@echo "checkpoint_epoch_NNN.pth (every epoch), model_best.pth, curves.png and summary.json."
 	@echo "See them all with: $(BIN)/rn50 runs"
 
-test: $(BIN)/rn50
+# The browser tests of `rn50 app` (tests/test_app.py) drive Debian's chromium through
+# Playwright. A file target: apt installs it only when it is missing (needs root).
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(BIN)/rn50 $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/rn50

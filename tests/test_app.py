@@ -92,7 +92,7 @@ def server(ckpt, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (as .ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (as make test does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

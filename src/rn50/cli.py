@@ -2,11 +2,13 @@
 one library function; errors the user can fix print one line and exit with code 2."""
 
 import argparse
+import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from rn50 import __version__
-from rn50.errors import Diverged, UserError
+from rn50.errors import Diverged, UserError, excerpt
 from rn50.preempt import EXIT_PREEMPTED, Preempted
 
 EXIT_USAGE = 2
@@ -32,6 +34,41 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def check_run_files(cfg, writes_run_dir: bool = True) -> None:
+    """The files a config names, checked before anything is read or written; data.workers
+    capped to this machine's share of CPUs (rn50.resources.cap_workers).
+
+    data.data_dir must be a folder; data.skip_list a text file; train.initial_model_path,
+    when set, a loadable checkpoint or a file that can be written; train.checkpoint_dir (when
+    the command writes there) a folder that can be written. Raises UserError with one line.
+    """
+    from rn50.config import DataConfig, check_data_dir
+    from rn50.paths import check_input_file, check_output_dir, check_output_file
+    from rn50.resources import cap_workers, note
+
+    check_data_dir(cfg.data)
+    if cfg.data.skip_list:
+        check_input_file(
+            cfg.data.skip_list, "data.skip_list", "write one with 'rn50 data check DATA_DIR "
+            "--skip-list FILE' (it always holds a header)", text=True,
+        )
+    if writes_run_dir:
+        check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")
+        initial = cfg.train.initial_model_path
+        if initial and os.path.lexists(initial):
+            from rn50.checkpoint import load_checkpoint
+
+            hint = "delete it (it is written again) or set train.initial_model_path to another path"
+            load_checkpoint(check_input_file(initial, "train.initial_model_path", hint))
+        elif initial:
+            check_output_file(initial, "train.initial_model_path")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's processes here
+    # A line when a value the user chose is lowered (rank 0 only); the default, silently.
+    chosen = cfg.data.workers != DataConfig.workers and os.environ.get("RANK", "0") == "0"
+    cfg.data.workers = cap_workers(cfg.data.workers, "data.workers", share=local,
+                                   say=note if chosen else None)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model from scratch (or resume the run in train.checkpoint_dir).
 
@@ -46,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
+    check_run_files(cfg)
     with dist.process_group(resolve_device(cfg.train.device)):
         fit(cfg)
     return 0
@@ -69,7 +107,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from rn50.config import load_config
     from rn50.train.lr_finder import lr_find
 
-    result = lr_find(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    check_run_files(cfg)
+    result = lr_find(cfg)
     print(f"Use it with: --set optim.max_lr={result.max_lr:.4g}")
     return 0
 
@@ -89,6 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
+    check_run_files(cfg, writes_run_dir=False)
     with dist.process_group(resolve_device(cfg.train.device)):
         r = evaluate_checkpoint(state, args.checkpoint, cfg)
         if not dist.is_main():
@@ -124,7 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rn50.predict import Predictor, format_table
 
     if args.top < 1:
-        raise UserError(f"--top must be at least 1, got {args.top}")
+        raise UserError(f"--top must be at least 1, got {excerpt(args.top)}")
     if args.onnx:
         predictor = Predictor.from_onnx(args.onnx, args.classes)
     else:
@@ -151,7 +192,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     from rn50.app import serve
 
     if not 0 < args.port < 65536:
-        raise UserError(f"--port must be in 1..65535, got {args.port}")
+        raise UserError(f"--port must be in 1..65535, got {excerpt(args.port)}")
     serve(args.checkpoint, args.host, args.port, args.device)
     return 0
 
@@ -174,7 +215,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     and examples/.
     """
     from rn50.export import export_model, export_space
+    from rn50.paths import check_output_dir, check_output_file
 
+    if args.space:
+        check_output_dir(args.space, "--space")
+    elif args.out:
+        check_output_file(args.out, "--out")
     if args.space:
         print(export_space(args.checkpoint, args.space, args.space_backend))
     else:
@@ -186,7 +232,9 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     """Write the embedded demo dataset (scikit-learn's handwritten digits as RGB JPEGs) in the
     Kaggle ILSVRC layout."""
     from rn50.data.demo import write_demo_dataset
+    from rn50.paths import check_output_dir
 
+    check_output_dir(args.out, "DIR")
     index = write_demo_dataset(args.out, size=args.size)
     print(
         f"Demo dataset in {index.root}: {len(index.classes)} classes, "
@@ -214,15 +262,23 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from rn50.data.check.scan import check_dataset
     from rn50.data.layout import find_dataset
     from rn50.data.skiplist import write_skip_list
+    from rn50.paths import check_output_dir, check_output_file
+    from rn50.resources import cap_workers
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.max_paths < 0:
-        raise UserError(f"--max-paths must be 0 or more, got {args.max_paths}")
+        raise UserError(f"--max-paths must be 0 or more, got {excerpt(args.max_paths)}")
+    # Every output before the scan, not after an hour of it.
+    for flag, path in (("--json", args.json), ("--skip-list", args.skip_list)):
+        if path:
+            check_output_file(path, flag)
+    if args.fix_to:
+        check_output_dir(args.fix_to, "--fix-to")
     index = find_dataset(args.path)
     if args.fix_to:
-        check_fix_target(args.fix_to, index.root)  # before the scan, not after an hour of it
-    report = check_dataset(index, workers=args.workers, progress=True)
+        check_fix_target(args.fix_to, index.root)
+    files = len(index.train) + len(index.val)
+    workers = cap_workers(args.workers, "--workers", work=files, least=1)
+    report = check_dataset(index, workers=workers, progress=True)
     print(format_report(report, max_paths=args.max_paths))
     if args.json:
         write_json(report, args.json)
@@ -250,9 +306,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
     from rn50.config import load_config
     from rn50.data.show import show_samples
+    from rn50.paths import check_output_file
 
     cfg = load_config(args.config, args.overrides)
+    check_run_files(cfg, writes_run_dir=False)
     out = args.out or Path(cfg.train.checkpoint_dir) / "samples.png"
+    check_output_file(out, "--out" if args.out else "<train.checkpoint_dir>/samples.png")
     print(f"Wrote {show_samples(cfg, out, args.count)}")
     return 0
 
@@ -265,12 +324,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     set). --plot RUN [RUN ...] writes val top-1, val loss and train loss per epoch of those
     run dirs, overlaid, to --out.
     """
+    from rn50.paths import check_output_file
     from rn50.runs import format_table, load_runs, plot_runs
 
     if args.plot:
+        check_output_file(args.out, "--out")
         print(f"Wrote {plot_runs(args.plot, args.out)}")
         return 0
-    runs = load_runs(args.dir)
+    runs = load_runs(args.dir, warn=lambda msg: print(f"rn50: warning: {msg}", file=sys.stderr))
     if not runs:
         print(f"No runs under {args.dir} (a run dir holds metrics.jsonl)")
         return 0
@@ -288,11 +349,16 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     settings are refused). The copy's file index is cached, so training on it starts in
     seconds. Then train with --set data.data_dir=DST.
     """
+    from rn50.data.layout import find_dataset
     from rn50.data.prepare import prepare_dataset
+    from rn50.paths import check_output_dir
+    from rn50.resources import cap_workers
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, args.workers,
+    check_output_dir(args.dst, "DST")
+    index = find_dataset(args.src)  # cached: prepare_dataset's own call reads it back
+    workers = cap_workers(args.workers, "--workers", work=len(index.train) + len(index.val),
+                          least=1)
+    s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, workers,
                         progress=True)
     print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
           f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
@@ -335,9 +401,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rn50.bench.report import format_report
     from rn50.bench.run import run_bench
     from rn50.config import load_config
+    from rn50.paths import check_input_file
+    from rn50.resources import cap_workers
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
+    if args.from_file and os.path.lexists(args.from_file):  # a missing one: read_result says
+        check_input_file(args.from_file, "--from", "pass a file written by rn50 bench --json",
+                         text=True)
     # --from needs no device: only the run's length, schedule and price are read from cfg.
     device = "cpu" if args.from_file else resolve_device(args.device or cfg.train.device)
     plan = default_plan(cfg, torch.device(device), args.full)
@@ -346,7 +417,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "precisions": args.precisions
         and parse_list(args.precisions, str, "--precisions", PRECISIONS),
         "modes": args.modes and parse_list(args.modes, str, "--modes", DATA_MODES),
-        "workers": args.workers and parse_list(args.workers, int, "--workers"),
+        "workers": args.workers and tuple(sorted({
+            cap_workers(w, "--workers") for w in parse_list(args.workers, int, "--workers")
+        })),
         "parts": args.only and parse_list(args.only, str, "--only", ("model", "data", "e2e")),
         "compile": (False, True) if args.compile else None,
         "channels_last": {"on": (True,), "off": (False,), "both": (True, False), None: None}[
@@ -358,7 +431,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     for name in ("images", "steps", "repeats", "epochs", "gpus", "threads"):
         if changes[name] is not None and changes[name] < 1:
-            raise UserError(f"--{name} must be at least 1, got {changes[name]}")
+            raise UserError(f"--{name} must be at least 1, got {excerpt(changes[name])}")
     plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
     if args.from_file:
         measuring = [f"--{k.replace('_', '-')}" for k in MEASURE_FLAGS if getattr(args, k)]
@@ -374,10 +447,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with rn50's error format: one line `rn50: error: ...`, at most ERROR_CHARS
+    long (argparse quotes the bad value whole), and exit code 2; no usage block."""
+
+    ERROR_CHARS = 300
+
+    def error(self, message: str) -> typing.NoReturn:
+        text = " ".join(message.split())
+        if len(text) > self.ERROR_CHARS:
+            text = text[: self.ERROR_CHARS - 3] + "..."
+        self.exit(EXIT_USAGE, f"rn50: error: {text} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rn50.config import describe
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rn50", description="Train ResNet-50 from scratch on ImageNet-1k, and serve it."
     )
     parser.add_argument("--version", action="version", version=f"rn50 {__version__}")
@@ -507,10 +593,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
+
+
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away (`rn50 config | head`): point stdout at
+    /dev/null, so that Python's final flush at exit does not print a second traceback."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no real file: nothing to do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return rc
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except UserError as e:
         print(f"rn50: error: {e}", file=sys.stderr)
         return EXIT_USAGE

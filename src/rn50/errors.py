@@ -29,3 +29,23 @@ def one_line(e: BaseException) -> str:
     """`e`'s message with its white space (newlines too) folded to single spaces, or its type's
     name when the message is empty: for error messages that must stay on one line."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A repr of `value` of at most `limit` characters, built without the whole repr.
+
+    Every message that quotes a user's value goes through this: a value can be a 10 MB string
+    or a YAML structure that expands to billions of items (an alias bomb), and formatting it
+    whole would take the memory of the machine. reprlib stops at a few items per level and a
+    few levels deep; newlines come out escaped, so the message stays one line.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 4, 4, 4, 4
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,12 +4,12 @@ the run's resolution per epoch, and the comma-separated lists of its flags."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 
 import torch
 
 from rn50.config import Config, DataConfig
+from rn50.resources import available_cpus
 
 DATA_MODES = ("torchvision", "pil", "cpu", "gpu")  # torchvision: the baseline, not an rn50 mode
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -60,7 +60,7 @@ class BenchPlan:
 def default_plan(cfg: Config, device: torch.device, full: bool = False) -> BenchPlan:
     """The matrix for `cfg` on `device`: small on a CPU (its steps are slow), all of it with
     `full` (fp16 on a CPU is emulated and slow; compilation takes minutes)."""
-    cores = available_cores()
+    cores = available_cpus()
     cuda = device.type == "cuda"
     precisions = list(PRECISIONS if full else ("fp32", "bf16"))
     if cuda and not torch.cuda.is_bf16_supported():  # e.g. a T4: fp16 is its fast format
@@ -110,14 +110,6 @@ def epoch_resolutions(plan: BenchPlan) -> list[int]:
 
 def _powers_of_two(n: int) -> list[int]:
     return [2**k for k in range(n.bit_length()) if 2**k <= n]
-
-
-def available_cores() -> int:
-    """The CPUs this process may use (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def parse_list(text: str, kind: type, name: str, choices: Sequence[str] = ()) -> tuple:

@@ -14,9 +14,10 @@ import torch
 from rn50.bench.data_path import bench_data, bench_files, ratios
 from rn50.bench.end_to_end import bench_end_to_end
 from rn50.bench.model_step import bench_model
-from rn50.bench.plan import BenchPlan, available_cores, epoch_resolutions
+from rn50.bench.plan import BenchPlan, epoch_resolutions
 from rn50.bench.projection import fastest, project
 from rn50.bench.report import decode_label
+from rn50.resources import available_cpus
 
 
 def run_bench(plan: BenchPlan, log=None) -> dict:
@@ -38,7 +39,7 @@ def _run(plan: BenchPlan, say) -> dict:
     result: dict = {
         "device": _device_name(plan.device),
         "torch": torch.__version__,
-        "cores": available_cores(),
+        "cores": available_cpus(),
         "threads": torch.get_num_threads() if not plan.threads else plan.threads,
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "plan": {
@@ -108,4 +109,4 @@ def _bench_lower(plan: BenchPlan, resolutions, best: dict, samples, say) -> list
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {available_cores()} cores)"
+    return f"cpu ({platform.processor() or platform.machine()}, {available_cpus()} cores)"

@@ -40,6 +40,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from rn50.data.check.report import DatasetReport, DuplicateGroup, FileReport, _Progress
 from rn50.data.layout import DatasetIndex
 from rn50.errors import one_line
+from rn50.resources import available_cpus
 
 UNREADABLE = "unreadable"
 NOT_JPEG = "not_jpeg"
@@ -161,14 +162,6 @@ def _sniff(data: bytes) -> str:
 # A whole dataset
 
 
-def default_workers() -> int:
-    """The CPUs this process may use (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def check_dataset(
     index: DatasetIndex,
     workers: int | None = None,
@@ -177,13 +170,13 @@ def check_dataset(
 ) -> DatasetReport:
     """Decode every train and val file of `index` in `workers` processes and report.
 
-    `workers` <= 1 checks in this process; None: default_workers(). With `progress`, a
+    `workers` <= 1 checks in this process; None: available_cpus(). With `progress`, a
     progress bar goes to `stream` (stderr by default) when it is a terminal, else a plain line
     every rn50.data.check.report.PLAIN_PROGRESS_EVERY_S seconds and one at the end. Bad files
     are reported, not raised; Ctrl-C stops the workers without decoding the rest.
     """
     start = time.monotonic()
-    workers = default_workers() if workers is None else workers
+    workers = available_cpus() if workers is None else workers
     samples = index.train + index.val
     paths = [p for p, _ in samples]
     n_train = len(index.train)

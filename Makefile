@@ -24,10 +24,11 @@ demo: $(BIN)/rn50
 	@echo "See them all with: $(BIN)/rn50 runs"
 
 # The browser tests of `rn50 app` (tests/test_app.py) drive Debian's chromium through
-# Playwright. A file target: apt installs it only when it is missing (needs root).
+# Playwright. A file target: apt installs it only when it is missing (as root, else via sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(CHROMIUM):
-	DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 test: $(BIN)/rn50 $(CHROMIUM)
 	$(BIN)/python -m pytest -q

@@ -17,10 +17,10 @@ import torch
 import torchvision
 import yaml
 
-from rn50 import export
 from rn50.cli import main
-from rn50.predict import Predictor, example_images, load_for_inference, write_examples
-from rn50.space_template.inference import Classifier, ModelInfo, preprocess
+from rn50.serve import export
+from rn50.serve.predict import Predictor, example_images, load_for_inference, write_examples
+from rn50.serve.space_template.inference import Classifier, ModelInfo, preprocess
 from tests.serving import CLASSES, make_checkpoint, stop
 
 

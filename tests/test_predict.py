@@ -11,8 +11,8 @@ from PIL import Image
 from rn50.cli import main
 from rn50.data.batch import normalize as torch_normalize
 from rn50.data.transforms import EvalTransform, load_rgb
-from rn50.predict import Predictor, load_for_inference
-from rn50.space_template.inference import (
+from rn50.serve.predict import Predictor, load_for_inference
+from rn50.serve.space_template.inference import (
     MAX_PIXELS,
     ImageError,
     eval_crop,

@@ -3,7 +3,7 @@
 Self-contained on purpose (numpy and Pillow; onnxruntime or torch only when a model of that
 kind is loaded): a Hugging Face Space runs this file as it is, next to `model.onnx` or
 `model.safetensors` and `classes.json`, and rn50 imports the same file
-(`rn50.space_template.inference`), so the CLI, `rn50 app` and the Space check and decode
+(`rn50.serve.space_template.inference`), so the CLI, `rn50 app` and the Space check and decode
 images with one piece of code and give the same answers.
 """
 

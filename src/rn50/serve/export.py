@@ -17,14 +17,14 @@ import torch
 
 from rn50.errors import UserError
 from rn50.fileio import atomic_write_text, atomic_write_with
-from rn50.predict import (
+from rn50.serve.predict import (
     EXAMPLES,
     classes_path,
     example_images,
     load_for_inference,
     write_examples,
 )
-from rn50.space_template.inference import (
+from rn50.serve.space_template.inference import (
     INFO_FILE,
     ModelInfo,
     OnnxModel,

@@ -30,8 +30,8 @@ from rn50.data.doctor import (
     write_fixed_copy,
     write_skip_list,
 )
+from rn50.data.image import load_rgb, to_rgb
 from rn50.data.layout import DatasetIndex, find_dataset
-from rn50.data.transforms import load_rgb, to_rgb
 from rn50.errors import DataError
 from tests.conftest import write_digit_tree
 

@@ -8,7 +8,8 @@ be reported as (``FileReport.problems``) is a fixed vocabulary:
 error (the trainer cannot use the file):
     ``unreadable``   zero bytes, truncated, not an image at all (HTML, text), or a mode that
                      cannot be converted to RGB.
-warnings (the trainer's ``load_rgb`` converts the file; ``write_fixed_copy`` re-encodes it):
+warnings (the one image reader, ``rn50.data.image``, converts the file on every read;
+``write_fixed_copy`` re-encodes it with that reader):
     ``not_jpeg``     named .jpg/.jpeg but holding another format (ImageNet's
                      n02105855_2933.JPEG is a PNG); a GPU JPEG decoder cannot read it.
     ``cmyk``         CMYK (22 ImageNet train JPEGs).
@@ -17,6 +18,10 @@ warnings (the trainer's ``load_rgb`` converts the file; ``write_fixed_copy`` re-
     ``alpha``        a transparency channel (RGBA, LA, PA).
     ``palette``      indexed colour (mode P).
     ``other_mode``   any other mode that is not RGB (YCbCr, LAB, HSV, ...).
+    ``exif_rotated`` an EXIF orientation other than 1: every reader turns the image upright.
+    ``huge``         more pixels than Pillow's decompression-bomb threshold
+                     (Image.MAX_IMAGE_PIXELS, 89 MP): read, but slow and memory-hungry.
+                     (Above twice that, Pillow refuses the file: ``unreadable``.)
 
 Duplicates (byte-identical files, found by SHA-1) are reported separately: a file in both train
 and val inflates val accuracy.
@@ -32,13 +37,13 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import secrets
 import shutil
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,10 +51,10 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ImageFile, UnidentifiedImageError
 
+from rn50.data.image import LargeImageWarning, load_rgb, open_pil, orientation, to_rgb
 from rn50.data.layout import IMAGE_EXTENSIONS, DatasetIndex
-from rn50.data.transforms import to_rgb
 from rn50.errors import DataError
 from rn50.fileio import atomic_write_text
 
@@ -61,9 +66,11 @@ HIGH_BIT_DEPTH = "16bit"
 ALPHA = "alpha"
 PALETTE = "palette"
 OTHER_MODE = "other_mode"
+EXIF_ROTATED = "exif_rotated"
+HUGE = "huge"
 
 WARNING_KINDS: tuple[str, ...] = (
-    NOT_JPEG, CMYK, GRAYSCALE, HIGH_BIT_DEPTH, ALPHA, PALETTE, OTHER_MODE
+    NOT_JPEG, CMYK, GRAYSCALE, HIGH_BIT_DEPTH, ALPHA, PALETTE, OTHER_MODE, EXIF_ROTATED, HUGE
 )
 """Problems the trainer converts away, in the order reports list them."""
 
@@ -147,14 +154,16 @@ def check_file(path: str | os.PathLike[str]) -> FileReport:
     sha1 = hashlib.sha1(data).hexdigest()
     if not data:
         return _unreadable(path, "empty file (0 bytes)", sha1=sha1)
-    with _truncated_images_refused():
+    with _truncated_images_refused(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LargeImageWarning)
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with open_pil(data) as img:
                 fmt, mode, size = img.format, img.mode, img.size
+                turn = orientation(img)
                 img.load()
                 if mode != "RGB":
-                    # Proves the trainer's load_rgb can convert it; only non-RGB files pay.
-                    img.convert("RGB")
+                    # Proves the reader can convert it; only non-RGB files pay.
+                    to_rgb(img)
         except UnidentifiedImageError:
             return _unreadable(path, f"not an image ({_sniff(data)})", len(data), sha1)
         except Exception as e:  # any decoder failure: the trainer's load_rgb fails too
@@ -165,6 +174,10 @@ def check_file(path: str | os.PathLike[str]) -> FileReport:
     mode_problem = _MODE_PROBLEM.get(mode, OTHER_MODE)
     if mode_problem is not None:
         problems.append(mode_problem)
+    if turn != 1:
+        problems.append(EXIF_ROTATED)
+    if any(issubclass(w.category, LargeImageWarning) for w in caught):
+        problems.append(HUGE)
     return FileReport(
         path=path, ok=True, problem=problems[0] if problems else None,
         problems=tuple(problems), format=fmt, mode=mode, size=size, nbytes=len(data), sha1=sha1,
@@ -763,8 +776,8 @@ def _loc_files(index: DatasetIndex) -> list[Path]:
 def _reencode(src: str, dest: Path) -> None:
     """Decode `src` and write it to `dest` as RGB, in the format `dest`'s suffix names."""
     fmt = _FORMAT_OF_SUFFIX.get(dest.suffix.lower(), "JPEG")
-    with _truncated_images_refused(), Image.open(src) as img:
-        rgb = to_rgb(img)
+    with _truncated_images_refused():
+        rgb = load_rgb(src)  # upright: the copy is saved without its EXIF orientation
     # No icc_profile: a CMYK file's profile would mislabel the RGB pixels.
     rgb.save(dest, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
 

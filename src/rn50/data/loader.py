@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rn50.data.image import LargeImageWarning, load_rgb
@@ -49,6 +50,8 @@ class ImageDataset(Dataset):
         torch.default_generator.manual_seed(seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeImageWarning)
+            # Pillow's own, from a transform (PIL's crop checks its box against the limit too).
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             try:
                 item = self.transform(self.read(path)), label, path
             except Exception:  # truncated, empty, not an image, decompression bomb, ...
@@ -63,11 +66,16 @@ def report_warnings(caught: list[warnings.WarningMessage], path: str) -> None:
     """Say what reading `path` warned about: a large image once, in rn50's words and with the
     file's name (Pillow's own DecompressionBombWarning names neither); any other warning as
     Python would have shown it."""
-    large = [w for w in caught if issubclass(w.category, LargeImageWarning)]
-    if large:
-        print(f"rn50: warning: {path}: {large[0].message}", file=sys.stderr, flush=True)
+    large = (LargeImageWarning, Image.DecompressionBombWarning)
+    ours = [str(w.message) for w in caught if issubclass(w.category, LargeImageWarning)]
+    if ours or any(issubclass(w.category, large) for w in caught):
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        text = ours[0] if ours else (
+            f"over Pillow's decompression-bomb threshold of {limit / 1e6:.0f} MP; read anyway"
+        )
+        print(f"rn50: warning: {path}: {text}", file=sys.stderr, flush=True)
     for w in caught:
-        if not issubclass(w.category, LargeImageWarning):
+        if not issubclass(w.category, large):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rn50.predict import Predictor, write_examples
+from rn50.serve.predict import Predictor, write_examples
 from tests.serving import bad_files, jpeg_bytes, make_checkpoint, photo, stop
 
 CHROMIUM = "/usr/bin/chromium"
@@ -200,7 +200,7 @@ def test_clicking_an_example_classifies_it(page, ckpt, files):
     examples.nth(3).wait_for()  # count() does not wait: the gallery may not be drawn yet
     assert examples.count() == 4
     before = page.evaluate(STATUS_TEXT_JS)
-    examples.nth(1).click()  # coffee: the examples are in the order of rn50.predict.EXAMPLES
+    examples.nth(1).click()  # coffee: the examples are in the order of rn50.serve.predict.EXAMPLES
     page.wait_for_function(WAIT_CHANGE_JS, arg=before)
     assert_same(shown_labels(page), expected_labels(ckpt, photos["coffee"]))
 
@@ -227,7 +227,7 @@ def test_a_pasted_inline_image_reaches_the_classifier_undecoded():
 
     from gradio.data_classes import ImageData
 
-    from rn50.space_template.ui import upload_image
+    from rn50.serve.space_template.ui import upload_image
 
     image = upload_image()
     data = jpeg_bytes(photo("coffee"))

@@ -17,10 +17,10 @@ import torch
 import torchvision
 import yaml
 
-from rn50 import export
 from rn50.cli import main
-from rn50.predict import Predictor, example_images, load_for_inference, write_examples
-from rn50.space_template.inference import Classifier, ModelInfo, preprocess
+from rn50.serve import export
+from rn50.serve.predict import Predictor, example_images, load_for_inference, write_examples
+from rn50.serve.space_template.inference import Classifier, ModelInfo, preprocess
 from tests.serving import CLASSES, make_checkpoint, stop
 
 
@@ -153,7 +153,9 @@ def test_space_folder_contents(onnx_space):
     folder = onnx_space
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
     assert {"app.py", "inference.py", "ui.py", "requirements.txt", "README.md", "model.onnx",
-            "classes.json", ".gitattributes", "examples/coffee.jpg"} <= names
+            "classes.json", ".gitattributes", "examples/coffee.jpg", "image.py"} <= names
+    # The one image reader, verbatim: the Space reads images exactly as training does.
+    assert (folder / "image.py").read_bytes() == export.READER.read_bytes()
     assert "model.safetensors" not in names
     meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
     import gradio
@@ -164,7 +166,7 @@ def test_space_folder_contents(onnx_space):
     assert {r.split("==")[0] for r in reqs} == {"gradio", "numpy", "pillow", "onnxruntime"}
     assert "*.onnx filter=lfs" in (folder / ".gitattributes").read_text()
     # Self-contained: the Space's code imports neither rn50 nor (at module level) torch.
-    for name in ("app.py", "inference.py", "ui.py"):
+    for name in ("app.py", "inference.py", "ui.py", "image.py"):
         tree = ast.parse((folder / name).read_text())
         top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import)
                for a in n.names}

@@ -10,15 +10,10 @@ from PIL import Image
 
 from rn50.cli import main
 from rn50.data.batch import normalize as torch_normalize
-from rn50.data.transforms import EvalTransform, load_rgb
-from rn50.predict import Predictor, load_for_inference
-from rn50.space_template.inference import (
-    MAX_PIXELS,
-    ImageError,
-    eval_crop,
-    normalize,
-    open_image,
-)
+from rn50.data.image import MAX_PIXELS, ImageError, load_rgb, open_image
+from rn50.data.transforms import EvalTransform
+from rn50.serve.predict import Predictor, load_for_inference
+from rn50.serve.space_template.inference import eval_crop, normalize
 from tests.conftest import tiny_config
 from tests.serving import CLASSES, bad_files, jpeg_bytes, make_checkpoint, noise_image, photo
 

@@ -162,7 +162,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """
     import json
 
-    from rn50.predict import Predictor, format_table
+    from rn50.serve.predict import Predictor, format_table
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {excerpt(args.top)}")
@@ -189,7 +189,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     share link), with example photos from scikit-image. A bad upload shows what is wrong with
     it and the page keeps working. Stop it with Ctrl+C.
     """
-    from rn50.app import serve
+    from rn50.serve.app import serve
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {excerpt(args.port)}")
@@ -214,8 +214,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     (ONNX Runtime, no PyTorch) or with --space-backend torch model.safetensors, classes.json
     and examples/.
     """
-    from rn50.export import export_model, export_space
     from rn50.paths import check_output_dir, check_output_file
+    from rn50.serve.export import export_model, export_space
 
     if args.space:
         check_output_dir(args.space, "--space")

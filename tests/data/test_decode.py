@@ -26,8 +26,9 @@ from rn50.data.decode import (
     sample_crop,
     scaled_box,
 )
+from rn50.data.image import load_rgb
 from rn50.data.photos import write_imagenet_like
-from rn50.data.transforms import EvalTransform, TrainTransform, load_rgb
+from rn50.data.transforms import EvalTransform, TrainTransform
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from rn50.data.check import report as doctor
 from rn50.data.check.fix import write_fixed_copy
 from rn50.data.check.scan import check_dataset, check_file
 from rn50.data.demo import write_demo_dataset
+from rn50.data.image import load_rgb, to_rgb
 from rn50.data.layout import DatasetIndex, find_dataset
 from rn50.data.skiplist import apply_skip_list, read_skip_list, write_skip_list
-from rn50.data.transforms import load_rgb, to_rgb
 from rn50.errors import DataError
 from tests.conftest import write_digit_tree
 

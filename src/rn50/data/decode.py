@@ -15,8 +15,12 @@ about 0.65 ms, torchvision's PIL crop-and-resize about 0.7 ms and ToTensor + Nor
   happen on the training device (rn50.data.batch). After a DCT-scaled decode the crop box
   is rounded to the scaled image's pixels (`scaled_box`).
 
-CMYK and YCCK JPEGs, PNG and every other format go through PIL (`load_rgb`'s conversions),
-with PIL's own DCT scaling for JPEGs. Without simplejpeg everything goes through PIL.
+CMYK and YCCK JPEGs, PNG and every other format go through PIL (rn50.data.image's
+conversions), with PIL's own DCT scaling for JPEGs. Without simplejpeg everything goes through
+PIL. Either way the EXIF orientation is read from the header (`file_orientation`: a scan of the
+JPEG markers, Pillow only when an APP1 segment is there), the crop box is drawn on the upright
+image's size, and the decoded pixels are turned upright before they are cropped: the pixels of
+rn50.data.image.load_rgb, which predict and the pil mode read.
 
 The crop box and the flip are drawn from torch's default generator with the same calls, in the
 same order, as torchvision's RandomResizedCrop and RandomHorizontalFlip, so for one seed every
@@ -26,7 +30,6 @@ data mode (pil, cpu, gpu) crops the same box of the same image.
 from __future__ import annotations
 
 import functools
-import io
 import math
 
 import numpy as np
@@ -34,7 +37,16 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from rn50.data.transforms import EvalTransform, to_rgb
+from rn50.data.image import (
+    check_large,
+    file_orientation,
+    load_rgb,
+    open_pil,
+    orient_array,
+    oriented_size,
+    to_rgb,
+)
+from rn50.data.transforms import EvalTransform
 
 try:  # wheels for every common platform; where it does not install, PIL does the work
     import simplejpeg as _simplejpeg
@@ -113,11 +125,12 @@ def read_bytes(path: str) -> np.ndarray:
 
 
 def probe(data) -> tuple[int, int, bool]:
-    """(height, width, direct) from the header alone; `direct` means simplejpeg decodes it.
+    """(height, width, direct) as stored (before any EXIF orientation) from the header alone;
+    `direct` means simplejpeg decodes it.
 
     Raises (like a decoder would) when the data is no image at all, and, as PIL does, for a
     decompression bomb (over twice Image.MAX_IMAGE_PIXELS), which would otherwise fill a
-    worker's memory.
+    worker's memory; warns (rn50.data.image.LargeImageWarning) above the limit itself.
     """
     if _simplejpeg is not None and bytes(data[:2]) == _SOI:
         try:
@@ -129,14 +142,16 @@ def probe(data) -> tuple[int, int, bool]:
             if limit is not None and h * w > 2 * limit:
                 raise Image.DecompressionBombError(f"{w}x{h} pixels is over twice {limit}")
             if colorspace in _DIRECT_COLORSPACES:
+                check_large(w, h)
                 return h, w, True
-    with Image.open(io.BytesIO(data)) as img:  # PIL checks the pixel limit itself
+    with open_pil(data) as img:  # PIL checks the pixel limit itself
         w, h = img.size
     return h, w, False
 
 
 def decode(data, height: int, width: int, direct: bool, reduce: int = 1) -> np.ndarray:
-    """RGB pixels (H', W', 3) uint8 of the image, DCT-scaled by about 1/`reduce` for JPEGs.
+    """RGB pixels (H', W', 3) uint8 of the image as stored (no EXIF orientation: callers
+    apply it with orient_array), DCT-scaled by about 1/`reduce` for JPEGs.
 
     The returned size may differ from (height, width) / reduce (rounding up, or a format
     PIL cannot scale); callers scale their boxes by the actual size.
@@ -152,7 +167,7 @@ def decode(data, height: int, width: int, direct: bool, reduce: int = 1) -> np.n
             min_height=-(-height // reduce),
             min_width=-(-width // reduce),
         )
-    with Image.open(io.BytesIO(data)) as img:
+    with open_pil(data) as img:
         if reduce > 1:
             # JPEG only (a no-op for other formats). PIL picks the scale s with
             # size // request >= s, so the request is rounded down, not up.
@@ -204,11 +219,14 @@ class FastTrainTransform:
 
     def __call__(self, data) -> torch.Tensor:
         height, width, direct = probe(data)
-        box = sample_crop(height, width, self.scale)
+        turn = file_orientation(data)
+        upright = oriented_size(height, width, turn)
+        # The box is drawn on the upright image, as TrainTransform draws it on load_rgb's.
+        box = sample_crop(*upright, self.scale)
         flip = self.hflip and sample_flip()
         reduce = reduction(box[2], box[3], self.resolution, self.resolution)
-        pixels = decode(data, height, width, direct, reduce)
-        out = resized_crop(pixels, box, self.resolution, (height, width))
+        pixels = orient_array(decode(data, height, width, direct, reduce), turn)
+        out = resized_crop(pixels, box, self.resolution, upright)
         # Left channels-last (HWC in memory): the collate stacks that with a plain copy.
         return out.flip(-1) if flip else out
 
@@ -227,6 +245,6 @@ class FastEvalTransform:
     def __call__(self, data) -> torch.Tensor:
         height, width, direct = probe(data)
         if direct:  # libjpeg-turbo in simplejpeg and in PIL give identical pixels
-            return self.ops(Image.fromarray(decode(data, height, width, True)))
-        with Image.open(io.BytesIO(data)) as img:
-            return self.ops(to_rgb(img))
+            pixels = orient_array(decode(data, height, width, True), file_orientation(data))
+            return self.ops(Image.fromarray(pixels))
+        return self.ops(load_rgb(data))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rn50.data.image import to_rgb
 from rn50.data.layout import (
     MAPPING_FILE,
     VAL_SOLUTION_FILE,
@@ -167,7 +168,7 @@ def _digit_image(pixels, size: int) -> Image.Image:
     gray = np.rint(255 - np.asarray(pixels, dtype=np.float64) * (255 / _DIGIT_MAX))
     small = Image.fromarray(gray.astype(np.uint8))  # 2-D uint8 -> mode "L"
     # Convert to RGB after resizing: 3 identical channels, as the model's stem expects 3.
-    return small.resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+    return to_rgb(small.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _save_jpeg(image: Image.Image, path: Path, quality: int) -> None:

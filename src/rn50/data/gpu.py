@@ -1,12 +1,13 @@
 """The GPU data path (`data.decode: gpu`): workers read bytes, the training device decodes.
 
-A worker reads a file, parses its JPEG header for the image size and draws the crop box and
-flip there (from the per-sample seed, with the very calls the CPU paths make, so the boxes
-equal theirs). The main process then decodes the whole batch on the device with one
-`torchvision.io.decode_jpeg(list, device=...)` call (nvJPEG on CUDA), and crops, resizes
-(antialiased bilinear, like PIL's) and flips each image there. The batch leaves as uint8
-(N, 3, R, R) on the device; `rn50.data.batch.to_device` then only normalizes it (its copy to
-the device is a no-op).
+A worker reads a file, parses its JPEG header for the image size and EXIF orientation (the
+device decoders ignore EXIF) and draws the crop box and flip on the upright size there (from
+the per-sample seed, with the very calls the CPU paths make, so the boxes equal theirs). The
+main process then decodes the whole batch on the device with one
+`torchvision.io.decode_jpeg(list, device=...)` call (nvJPEG on CUDA), turns each image upright
+(`orient_tensor`: a transpose and flips, exact), and crops, resizes (antialiased bilinear, like
+PIL's) and flips it there. The batch leaves as uint8 (N, 3, R, R) on the device;
+`rn50.data.batch.to_device` then only normalizes it (its copy to the device is a no-op).
 
 The same code runs with device cpu (torchvision's libjpeg decoder), which is how it is tested
 without a GPU.
@@ -20,7 +21,6 @@ that fails too it is left out of its batch and named in `Batch.bad`, as on the C
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from rn50.data.ahead import ahead
@@ -41,8 +40,15 @@ from rn50.data.decode import (
     sample_crop,
     sample_flip,
 )
+from rn50.data.image import (
+    file_orientation,
+    open_pil,
+    orient_array,
+    oriented_size,
+    to_rgb,
+)
 from rn50.data.loader import Batch
-from rn50.data.transforms import eval_resize_size, to_rgb
+from rn50.data.transforms import eval_resize_size
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Encoded:
     size: tuple[int, int]  # (h, w) the box is resized to
     crop: Box | None  # then this region of the resized image (validation's centre crop)
     flip: bool
+    orientation: int = 1  # EXIF orientation (1..8) to apply to the decoded bytes first
 
 
 class EncodedBatch:
@@ -95,15 +102,17 @@ class GpuTrainPrep:
 
     def __call__(self, data: np.ndarray) -> Encoded:
         height, width, direct = probe(data)
-        box = sample_crop(height, width, self.scale)
+        turn = file_orientation(data)
+        upright = oriented_size(height, width, turn)
+        box = sample_crop(*upright, self.scale)  # on the upright image, as the CPU paths
         flip = self.hflip and sample_flip()
         size = (self.resolution, self.resolution)
         if direct:
-            return Encoded(torch.from_numpy(data), None, box, size, None, flip)
+            return Encoded(torch.from_numpy(data), None, box, size, None, flip, turn)
         # Not for the device decoder: the CPU path's remaining steps, here in the worker.
         reduce = reduction(box[2], box[3], *size)
-        pixels = decode(data, height, width, False, reduce)
-        image = resized_crop(pixels, box, self.resolution, (height, width))
+        pixels = orient_array(decode(data, height, width, False, reduce), turn)
+        image = resized_crop(pixels, box, self.resolution, upright)
         return Encoded(
             None, (image.flip(-1) if flip else image).contiguous(), box, size, None, flip
         )
@@ -117,11 +126,14 @@ class GpuEvalPrep:
 
     def __call__(self, data: np.ndarray) -> Encoded:
         height, width, direct = probe(data)
-        size, crop = eval_geometry(height, width, self.resolution, self.crop_ratio)
-        box = (0, 0, height, width)
+        turn = file_orientation(data)
+        upright = oriented_size(height, width, turn)
+        size, crop = eval_geometry(*upright, self.resolution, self.crop_ratio)
+        box = (0, 0, *upright)
         if direct:
-            return Encoded(torch.from_numpy(data), None, box, size, crop, False)
-        pixels = torch.from_numpy(decode(data, height, width, False)).permute(2, 0, 1)
+            return Encoded(torch.from_numpy(data), None, box, size, crop, False, turn)
+        pixels = orient_array(decode(data, height, width, False), turn)
+        pixels = torch.from_numpy(pixels).permute(2, 0, 1)
         return Encoded(None, place(pixels, box, size, crop, False), box, size, crop, False)
 
 
@@ -143,10 +155,20 @@ def place(
     return x.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
+def orient_tensor(pixels: torch.Tensor, turn: int) -> torch.Tensor:
+    """Apply EXIF orientation `turn` (1..8) to uint8 (C, H, W) pixels on any device: the pixels
+    of rn50.data.image.orient_array (a transpose for 5..8, then flips; exact)."""
+    if turn in (5, 6, 7, 8):
+        pixels = pixels.transpose(-2, -1)
+    dims = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(turn)
+    return pixels.flip(dims) if dims else pixels
+
+
 def _host_decode(data: torch.Tensor) -> torch.Tensor | None:
-    """uint8 (3, H, W) via PIL on the host, or None: the fallback for what the device rejects."""
+    """uint8 (3, H, W) via PIL on the host (as stored: the caller applies the orientation),
+    or None: the fallback for what the device rejects."""
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+        with open_pil(data.numpy().tobytes()) as img:
             return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
     except Exception:  # truncated, corrupt: left out of the batch and named, like the CPU path
         return None
@@ -232,7 +254,8 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
             bad.append(batch.paths[i])
             continue
         else:
-            images.append(place(decoded[i], s.box, s.size, s.crop, s.flip))
+            upright = orient_tensor(decoded[i], s.orientation)
+            images.append(place(upright, s.box, s.size, s.crop, s.flip))
         keep.append(i)
     if not images:
         return Batch(

@@ -6,13 +6,16 @@ exactly what an uninterrupted one would have.
 """
 
 import signal
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rn50.data.transforms import load_rgb
+from rn50.data.image import LargeImageWarning, load_rgb
 
 Sample = tuple[str, int]  # (file path, class index)
 PREFETCH_FACTOR = 4  # batches each loader worker prepares ahead of the training loop
@@ -45,12 +48,35 @@ class ImageDataset(Dataset):
         # torchvision's transforms draw from the default CPU generator; seeding it here makes
         # each sample's crop and flip a function of (seed, epoch, position) alone.
         torch.default_generator.manual_seed(seed)
-        try:
-            return self.transform(self.read(path)), label, path
-        except Exception:  # truncated, empty, not an image, decompression bomb, ...
-            # One bad file out of 1.28 million must not end a run: the batch goes on
-            # without it and the training loop counts and names it.
-            return None, label, path
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LargeImageWarning)
+            # Pillow's own, from a transform (PIL's crop checks its box against the limit too).
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            try:
+                item = self.transform(self.read(path)), label, path
+            except Exception:  # truncated, empty, not an image, decompression bomb, ...
+                # One bad file out of 1.28 million must not end a run: the batch goes on
+                # without it and the training loop counts and names it.
+                item = None, label, path
+        report_warnings(caught, path)
+        return item
+
+
+def report_warnings(caught: list[warnings.WarningMessage], path: str) -> None:
+    """Say what reading `path` warned about: a large image once, in rn50's words and with the
+    file's name (Pillow's own DecompressionBombWarning names neither); any other warning as
+    Python would have shown it."""
+    large = (LargeImageWarning, Image.DecompressionBombWarning)
+    ours = [str(w.message) for w in caught if issubclass(w.category, LargeImageWarning)]
+    if ours or any(issubclass(w.category, large) for w in caught):
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        text = ours[0] if ours else (
+            f"over Pillow's decompression-bomb threshold of {limit / 1e6:.0f} MP; read anyway"
+        )
+        print(f"rn50: warning: {path}: {text}", file=sys.stderr, flush=True)
+    for w in caught:
+        if not issubclass(w.category, large):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 class Batch(NamedTuple):

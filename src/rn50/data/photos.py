@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rn50.data.image import load_rgb
+
 _SKIMAGE_PHOTOS = (
     "astronaut",
     "coffee",
@@ -43,8 +45,7 @@ def source_photos() -> list[np.ndarray]:
                 continue
     from matplotlib import cbook
 
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as img:
-        photos.append(np.asarray(img.convert("RGB")))
+    photos.append(np.asarray(load_rgb(cbook.get_sample_data("grace_hopper.jpg"))))
     return photos
 
 

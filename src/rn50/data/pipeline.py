@@ -20,8 +20,9 @@ import torch
 from rn50.config import DECODE_MODES
 from rn50.data.decode import FastEvalTransform, FastTrainTransform, read_bytes
 from rn50.data.gpu import DeviceDecodeLoader, GpuEvalPrep, GpuTrainPrep, collate_encoded
+from rn50.data.image import load_rgb
 from rn50.data.loader import Sample, build_loader, collate_skipping_bad
-from rn50.data.transforms import EvalTransform, TrainTransform, load_rgb
+from rn50.data.transforms import EvalTransform, TrainTransform
 
 # mode -> (what a worker reads, train transform, eval transform, collate)
 MODES = {

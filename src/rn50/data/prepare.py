@@ -9,11 +9,14 @@ The copy has the layout of the source (ImageFolder or Kaggle ILSVRC, LOC_ files 
 the same file names, so labels are the same. Per file:
 
 - a JPEG (RGB or grayscale) no larger than `max_side` is copied byte for byte (no second
-  lossy encoding), after a decode that proves it readable;
+  lossy encoding, its EXIF orientation kept and applied when it is read), after a decode
+  that proves it readable;
 - a larger one is decoded (DCT-scaled by libjpeg where it is at least twice too large),
-  resized with a Lanczos filter and written as JPEG at `quality`;
-- any other file the trainer reads (CMYK, PNG, 16-bit, ...) is converted to RGB like the
-  trainer does and written as JPEG at `quality` under its own name;
+  turned upright by its EXIF orientation, resized with a Lanczos filter and written as JPEG
+  at `quality` (without EXIF);
+- any other file the trainer reads (CMYK, PNG, 16-bit, ...) is read by rn50's one image
+  reader (rn50.data.image: upright, converted to RGB) and written as JPEG at `quality` under
+  its own name;
 - an unreadable file is left out and listed.
 
 Resumable: each file is written to a hidden temporary name and renamed, so a file under its
@@ -30,6 +33,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +44,15 @@ from PIL import Image
 from rn50.data.check.fix import _loc_files
 from rn50.data.check.report import _Progress
 from rn50.data.check.scan import _truncated_images_refused
+from rn50.data.image import (
+    LargeImageWarning,
+    open_pil,
+    orient,
+    orientation,
+    oriented_size,
+    to_rgb,
+)
 from rn50.data.layout import find_dataset
-from rn50.data.transforms import to_rgb
 from rn50.errors import DataError
 from rn50.fileio import atomic_write_text
 from rn50.resources import available_cpus
@@ -182,7 +193,9 @@ def _in_parallel(todo, max_side: int, quality: int, workers: int | None):
 
 def _prepare_chunk(chunk, max_side: int, quality: int) -> list[tuple[str, str]]:
     """One worker task (module level, so a worker process can run it)."""
-    with _truncated_images_refused():  # a truncated file is bad, not grey at the bottom
+    with _truncated_images_refused(), warnings.catch_warnings():
+        # A large image is prepared like any other (and made smaller): no warning per file.
+        warnings.simplefilter("ignore", LargeImageWarning)
         return [(src, prepare_file(src, dest, max_side, quality)) for src, dest in chunk]
 
 
@@ -191,7 +204,7 @@ def prepare_file(src: str, dest: str, max_side: int, quality: int) -> str:
     try:
         with open(src, "rb") as f:
             data = f.read()
-        with Image.open(io.BytesIO(data)) as img:
+        with open_pil(data) as img:
             width, height = img.size
             plain = img.format == "JPEG" and img.mode in ("RGB", "L")
             scale = max_side / max(width, height)
@@ -199,10 +212,13 @@ def prepare_file(src: str, dest: str, max_side: int, quality: int) -> str:
                 img.load()  # proves it decodes: a truncated file is not copied
                 outcome, payload = "copied", data
             else:
+                turn = orientation(img)  # from the header, before draft() and decoding
                 size = (max(1, round(width * min(scale, 1))), max(1, round(height * min(scale, 1))))
                 if scale < 1:
                     img.draft("RGB", size)  # JPEG: decode at 1/2..1/8 when still >= size
-                rgb = to_rgb(img)
+                # Upright first, then resized: what the reader gives, resized.
+                rgb = orient(to_rgb(img), turn)
+                size = oriented_size(*size, turn)  # (w, h) swap alike for 5..8
                 if rgb.size != size:
                     rgb = rgb.resize(size, Image.LANCZOS)
                 buf = io.BytesIO()

@@ -10,12 +10,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from rn50.data.check.report import DatasetReport, _Progress
 from rn50.data.check.scan import _truncated_images_refused
+from rn50.data.image import load_rgb
 from rn50.data.layout import IMAGE_EXTENSIONS, DatasetIndex
-from rn50.data.transforms import to_rgb
 from rn50.errors import DataError
 
 # The format a re-encoded file is written in, by its (kept) suffix, so name and content agree.
@@ -165,8 +163,8 @@ def _loc_files(index: DatasetIndex) -> list[Path]:
 def _reencode(src: str, dest: Path) -> None:
     """Decode `src` and write it to `dest` as RGB, in the format `dest`'s suffix names."""
     fmt = _FORMAT_OF_SUFFIX.get(dest.suffix.lower(), "JPEG")
-    with _truncated_images_refused(), Image.open(src) as img:
-        rgb = to_rgb(img)
+    with _truncated_images_refused():
+        rgb = load_rgb(src)  # upright: the copy is saved without its EXIF orientation
     # No icc_profile: a CMYK file's profile would mislabel the RGB pixels.
     rgb.save(dest, format=fmt, **_SAVE_OPTIONS.get(fmt, {}))
 

@@ -7,7 +7,8 @@ be reported as (``FileReport.problems``) is a fixed vocabulary:
 error (the trainer cannot use the file):
     ``unreadable``   zero bytes, truncated, not an image at all (HTML, text), or a mode that
                      cannot be converted to RGB.
-warnings (the trainer's ``load_rgb`` converts the file; ``write_fixed_copy`` re-encodes it):
+warnings (the one image reader, ``rn50.data.image``, converts the file on every read;
+``write_fixed_copy`` re-encodes it with that reader):
     ``not_jpeg``     named .jpg/.jpeg but holding another format (ImageNet's
                      n02105855_2933.JPEG is a PNG); a GPU JPEG decoder cannot read it.
     ``cmyk``         CMYK (22 ImageNet train JPEGs).
@@ -16,6 +17,10 @@ warnings (the trainer's ``load_rgb`` converts the file; ``write_fixed_copy`` re-
     ``alpha``        a transparency channel (RGBA, LA, PA).
     ``palette``      indexed colour (mode P).
     ``other_mode``   any other mode that is not RGB (YCbCr, LAB, HSV, ...).
+    ``exif_rotated`` an EXIF orientation other than 1: every reader turns the image upright.
+    ``huge``         more pixels than Pillow's decompression-bomb threshold
+                     (Image.MAX_IMAGE_PIXELS, 89 MP): read, but slow and memory-hungry.
+                     (Above twice that, Pillow refuses the file: ``unreadable``.)
 
 Duplicates (byte-identical files, found by SHA-1) are reported separately: a file in both train
 and val inflates val accuracy.
@@ -27,17 +32,18 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import hashlib
-import io
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ImageFile, UnidentifiedImageError
 
 from rn50.data.check.report import DatasetReport, DuplicateGroup, FileReport, _Progress
+from rn50.data.image import LargeImageWarning, open_pil, orientation, to_rgb
 from rn50.data.layout import DatasetIndex
 from rn50.errors import one_line
 from rn50.resources import available_cpus
@@ -50,9 +56,11 @@ HIGH_BIT_DEPTH = "16bit"
 ALPHA = "alpha"
 PALETTE = "palette"
 OTHER_MODE = "other_mode"
+EXIF_ROTATED = "exif_rotated"
+HUGE = "huge"
 
 WARNING_KINDS: tuple[str, ...] = (
-    NOT_JPEG, CMYK, GRAYSCALE, HIGH_BIT_DEPTH, ALPHA, PALETTE, OTHER_MODE
+    NOT_JPEG, CMYK, GRAYSCALE, HIGH_BIT_DEPTH, ALPHA, PALETTE, OTHER_MODE, EXIF_ROTATED, HUGE
 )
 """Problems the trainer converts away, in the order reports list them."""
 
@@ -102,14 +110,16 @@ def check_file(path: str | os.PathLike[str]) -> FileReport:
     sha1 = hashlib.sha1(data).hexdigest()
     if not data:
         return _unreadable(path, "empty file (0 bytes)", sha1=sha1)
-    with _truncated_images_refused():
+    with _truncated_images_refused(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LargeImageWarning)
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with open_pil(data) as img:
                 fmt, mode, size = img.format, img.mode, img.size
+                turn = orientation(img)
                 img.load()
                 if mode != "RGB":
-                    # Proves the trainer's load_rgb can convert it; only non-RGB files pay.
-                    img.convert("RGB")
+                    # Proves the reader can convert it; only non-RGB files pay.
+                    to_rgb(img)
         except UnidentifiedImageError:
             return _unreadable(path, f"not an image ({_sniff(data)})", len(data), sha1)
         except Exception as e:  # any decoder failure: the trainer's load_rgb fails too
@@ -120,6 +130,10 @@ def check_file(path: str | os.PathLike[str]) -> FileReport:
     mode_problem = _MODE_PROBLEM.get(mode, OTHER_MODE)
     if mode_problem is not None:
         problems.append(mode_problem)
+    if turn != 1:
+        problems.append(EXIF_ROTATED)
+    if any(issubclass(w.category, LargeImageWarning) for w in caught):
+        problems.append(HUGE)
     return FileReport(
         path=path, ok=True, problem=problems[0] if problems else None,
         problems=tuple(problems), format=fmt, mode=mode, size=size, nbytes=len(data), sha1=sha1,

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from rn50.errors import UserError
-from rn50.predict import ImageError, Predictor, write_examples
+from rn50.serve.predict import ImageError, Predictor, write_examples
 
 
 def serve(
@@ -18,7 +18,7 @@ def serve(
 ) -> None:
     """Load the checkpoint, write the example photos, serve until interrupted."""
     predictor = Predictor.from_checkpoint(checkpoint, device)  # bad file: one line, exit 2
-    from rn50.space_template.ui import build_demo, launch  # imports gradio: only here
+    from rn50.serve.space_template.ui import build_demo, launch  # imports gradio: only here
 
     # The examples are generated from scikit-image's bundled photos at every start, so the
     # repository holds no binaries; Gradio serves them only from this folder.

@@ -3,7 +3,7 @@
 The PyTorch backend preprocesses with rn50's own EvalTransform and normalize, using the
 checkpoint's config (resolution, crop_ratio), so a prediction sees exactly what `rn50 eval`
 sees. Image checks and decoding are shared with the app and the Space
-(rn50.space_template.inference); the ONNX backend uses that file's numpy preprocessing, which
+(rn50.serve.space_template.inference); the ONNX backend uses that file's numpy preprocessing, which
 the tests check pixel for pixel against EvalTransform.
 """
 
@@ -18,7 +18,7 @@ from rn50.checkpoint import check_classes, load_checkpoint
 from rn50.config import Config, from_dict
 from rn50.data.schedule import eval_resolution
 from rn50.errors import CheckpointError, UserError
-from rn50.space_template.inference import (
+from rn50.serve.space_template.inference import (
     INFO_FILE,
     Classifier,
     ImageError,

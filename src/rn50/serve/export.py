@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rn50.data import image
 from rn50.errors import UserError
 from rn50.fileio import atomic_write_text, atomic_write_with
-from rn50.predict import (
+from rn50.serve.predict import (
     EXAMPLES,
     classes_path,
     example_images,
     load_for_inference,
     write_examples,
 )
-from rn50.space_template.inference import (
+from rn50.serve.space_template.inference import (
     INFO_FILE,
     ModelInfo,
     OnnxModel,
@@ -41,6 +42,8 @@ SPACE_BACKENDS = ("onnx", "torch")
 ONNX_REL_TOLERANCE = 1e-4
 TEMPLATE = Path(__file__).parent / "space_template"
 SPACE_FILES = ("app.py", "inference.py", "ui.py")
+# The one image reader, copied verbatim beside inference.py (which imports it as `image`).
+READER = Path(image.__file__)
 LFS_ATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in ("*.onnx", "*.safetensors", "*.jpg")
@@ -214,9 +217,9 @@ def export_space(
     checkpoint: str | Path, folder: str | Path, backend: str = "onnx", title: str = "rn50"
 ) -> str:
     """Write a folder ready to push to a Hugging Face Space (Gradio SDK, CPU): app.py,
-    inference.py, ui.py, requirements.txt, README.md with the Space metadata, the weights
-    (model.onnx, or model.safetensors for a PyTorch Space), classes.json, examples/ and a
-    .gitattributes that puts the binaries in Git LFS."""
+    inference.py, ui.py, image.py (rn50's image reader), requirements.txt, README.md with the
+    Space metadata, the weights (model.onnx, or model.safetensors for a PyTorch Space),
+    classes.json, examples/ and a .gitattributes that puts the binaries in Git LFS."""
     if backend not in SPACE_BACKENDS:
         raise UserError(f"unknown Space backend '{backend}'; use onnx or torch")
     folder = Path(folder)
@@ -237,6 +240,7 @@ def export_space(
     atomic_write_text(folder / INFO_FILE, info.to_json())
     for name in SPACE_FILES:
         shutil.copyfile(TEMPLATE / name, folder / name)
+    shutil.copyfile(READER, folder / "image.py")
     # Hugging Face refuses files over 10 MB outside Git LFS; these are the weights.
     atomic_write_text(folder / ".gitattributes", LFS_ATTRIBUTES)
     atomic_write_text(folder / "requirements.txt", requirements(backend))

@@ -1,40 +1,37 @@
-"""Classify photos with an exported rn50 model: image checks, eval preprocessing, top-k.
+"""Classify photos with an exported rn50 model: eval preprocessing, models, top-k.
 
 Self-contained on purpose (numpy and Pillow; onnxruntime or torch only when a model of that
 kind is loaded): a Hugging Face Space runs this file as it is, next to `model.onnx` or
-`model.safetensors` and `classes.json`, and rn50 imports the same file
-(`rn50.space_template.inference`), so the CLI, `rn50 app` and the Space check and decode
-images with one piece of code and give the same answers.
+`model.safetensors`, `classes.json` and `image.py`, and rn50 imports the same file
+(`rn50.serve.space_template.inference`). Images are checked and decoded by rn50's one image
+reader (rn50.data.image, which `rn50 export --space` copies beside this file as image.py), so
+the CLI, `rn50 app`, the Space and training see the same pixels and give the same answers.
 """
 
-import io
 import json
 import math
-import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-# Above the largest phone photos (108 MP sensors bin to 12 MP; 50 MP full-size files are rare).
-# Decoding 100 MP to RGB takes ~300 MB; a 20000 x 20000 upload (400 MP, 1.2 GB) is refused.
-MAX_PIXELS = 100_000_000
-# Smaller than this is a mistake (a tracking pixel, an icon), not a photo to classify.
-MIN_SIDE = 8
+# ImageError is re-exported: app.py (rn50's and the Space's) catches it from here.
+try:  # inside rn50
+    from rn50.data.image import ImageError as ImageError
+    from rn50.data.image import first_line, open_image
+except ModuleNotFoundError:  # in the Space folder, where image.py is a copy beside this file
+    from image import ImageError as ImageError
+    from image import first_line, open_image
+
 # ImageNet channel statistics in the 0..255 scale, as float32 like rn50.data.batch.normalize,
 # so both compute (x - mean) / std with the same float32 numbers.
 MEAN_255 = np.array([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=np.float32)
 STD_255 = np.array([0.229 * 255, 0.224 * 255, 0.225 * 255], dtype=np.float32)
 INFO_FORMAT = "rn50-model-info"
 INFO_FILE = "classes.json"
-
-
-class ImageError(ValueError):
-    """A file or upload that cannot be classified; the message says why in one line."""
 
 
 class ModelFileError(ValueError):
@@ -107,118 +104,6 @@ class ModelInfo:
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding and checking one image
-
-
-def open_image(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str]:
-    """Decode a file path, bytes or PIL image into an RGB image, or raise ImageError.
-
-    Returns (image, note); the note says what was converted ("" when nothing was), e.g.
-    "CMYK converted to RGB". Refuses non-images, truncated files, images below MIN_SIDE px
-    or above MAX_PIXELS, before decoding the pixels where the header tells.
-    """
-    if isinstance(source, Image.Image):
-        _check_size(*source.size)
-        return _to_rgb(source)
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ImageError(f"no such file: '{p}'")
-        data = p.read_bytes()
-    else:
-        data = bytes(source)
-    if not data:
-        raise ImageError("the file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns above its own limit (89 MP); ours (MAX_PIXELS) is checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        m = re.search(r"\((\d+) pixels\)", str(e))
-        pixels = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
-        raise ImageError(_too_large(pixels)) from None
-    except UnidentifiedImageError:
-        raise ImageError(
-            "not an image file Pillow can read (use JPEG, PNG, WebP, GIF, BMP or TIFF)"
-        ) from None
-    except Exception as e:  # a damaged header raises whatever its plugin raises
-        raise ImageError(f"the image header is damaged ({_first_line(e)})") from None
-    _check_size(*img.size)
-    try:
-        img.load()  # decode now: a truncated or corrupt file fails here, not in the model
-    except Exception as e:
-        raise ImageError(f"the image is truncated or corrupt ({_first_line(e)})") from None
-    try:
-        # Phone photos are stored sideways with an EXIF orientation tag; show what people see.
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block is no reason to refuse the pixels
-        pass
-    return _to_rgb(img)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
-
-
-def _too_large(pixels: str) -> str:
-    return (
-        f"the image is too large ({pixels}); the limit is {MAX_PIXELS // 1_000_000} megapixels, "
-        f"so downscale it first"
-    )
-
-
-def _check_size(width: int, height: int) -> None:
-    if width * height > MAX_PIXELS:
-        raise ImageError(_too_large(f"{width}x{height} px"))
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(
-            f"the image is {width}x{height} px; at least {MIN_SIDE}x{MIN_SIDE} px is needed"
-        )
-
-
-def _to_rgb(img: Image.Image) -> tuple[Image.Image, str]:
-    """Any Pillow mode -> 8-bit RGB, keeping what a person would see."""
-    mode = img.mode
-    if mode == "RGB":
-        return img, ""
-    if mode == "L":
-        return img.convert("RGB"), ""
-    if mode.startswith("I") or mode == "F":
-        # 16-bit and float images: Pillow's convert clips to 0..255, which turns an ordinary
-        # 16-bit photo white; scale the full range down instead.
-        a = np.asarray(img).astype(np.float64)
-        if mode == "F":
-            a = a * 255.0 if a.max(initial=0.0) <= 1.0 else a
-        elif mode.startswith("I;16") or a.max(initial=0) > 255:
-            a = a / 257.0  # 65535 -> 255
-        gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        return gray.convert("RGB"), f"{_mode_name(mode)} scaled to 8-bit RGB"
-    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info):
-        # Transparent pixels carry arbitrary colours (often black); show them as white paper.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return (
-            Image.alpha_composite(background, rgba).convert("RGB"),
-            f"{_mode_name(mode)} flattened onto white",
-        )
-    try:
-        return img.convert("RGB"), f"{_mode_name(mode)} converted to RGB"
-    except Exception:
-        raise ImageError(f"colour mode {mode} is not supported; save the image as RGB") from None
-
-
-def _mode_name(mode: str) -> str:
-    names = {"P": "palette", "PA": "palette+alpha", "LA": "grayscale+alpha", "1": "1-bit"}
-    if mode.startswith("I;16") or mode == "I":
-        return "16-bit"
-    if mode == "F":
-        return "floating-point"
-    return names.get(mode, mode)
-
-
-# ---------------------------------------------------------------------------------------------
 # Preprocessing: the eval transform of training, in numpy and Pillow
 
 
@@ -285,7 +170,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:
-            reason = _first_line(e)
+            reason = first_line(e)
             raise ModelFileError(f"'{path}' is not a loadable ONNX model ({reason})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.num_outputs = self.session.get_outputs()[0].shape[-1]
@@ -306,7 +191,7 @@ class TorchModel:
         try:
             weights = load_file(str(path))  # safetensors: tensors only, nothing to execute
         except Exception as e:
-            raise ModelFileError(f"'{path}' is not a safetensors file ({_first_line(e)})") from None
+            raise ModelFileError(f"'{path}' is not a safetensors file ({first_line(e)})") from None
         self.model = torchvision.models.get_model(
             info.arch, weights=None, num_classes=info.num_classes
         )
@@ -315,7 +200,7 @@ class TorchModel:
         except RuntimeError as e:
             raise ModelFileError(
                 f"'{path}' does not fit {info.arch} with {info.num_classes} classes "
-                f"({_first_line(e)})"
+                f"({first_line(e)})"
             ) from None
         self.model.eval()
         self.num_outputs = info.num_classes

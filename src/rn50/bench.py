@@ -52,6 +52,7 @@ class BenchPlan:
     device: torch.device
     arch: str = "resnet50"
     num_classes: int = 1000
+    blurpool: bool = False  # model.blurpool
     resolution: int = 224
     batch_sizes: Sequence[int] = (32,)
     precisions: Sequence[str] = ("fp32", "bf16")
@@ -94,6 +95,7 @@ def default_plan(cfg: Config, device: torch.device, full: bool = False) -> Bench
         device=device,
         arch=cfg.model.arch,
         num_classes=cfg.model.num_classes,
+        blurpool=cfg.model.blurpool,
         resolution=cfg.data.resolution,
         batch_sizes=(cfg.data.batch_size, 2 * cfg.data.batch_size)
         if full and cuda
@@ -180,7 +182,9 @@ def _training_setup(plan: BenchPlan, precision: str, channels_last: bool):
 
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
+    model = build_model(
+        ModelConfig(arch=plan.arch, num_classes=plan.num_classes, blurpool=plan.blurpool)
+    )
     model.to(plan.device, memory_format=memory_format).train()
     scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
     return model, scaler, nn.CrossEntropyLoss(), memory_format
@@ -202,6 +206,7 @@ def bench_model(
     """Training img/s of one setting on synthetic data: {..., img_s, runs} or {..., error}."""
     record = {
         "arch": plan.arch,
+        "blurpool": plan.blurpool,
         "resolution": plan.resolution,
         "batch_size": batch_size,
         "precision": precision,
@@ -576,6 +581,12 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
     arch = result.get("plan", {}).get("arch", plan.arch)
     if arch != plan.arch:
         raise ValueError(f"the measurements are of {arch}, the run trains {plan.arch}")
+    blurpool = result.get("plan", {}).get("blurpool", False)  # older files: none measured
+    if blurpool != plan.blurpool:
+        raise ValueError(
+            f"the measurements are {'with' if blurpool else 'without'} model.blurpool, the run "
+            f"trains {'with' if plan.blurpool else 'without'} it"
+        )
     measured = best_model.get("resolution", plan.resolution)
     if plan.resolution != measured:
         raise ValueError(
@@ -686,7 +697,9 @@ def format_report(result: dict) -> str:
     if result.get("model"):
         lines += [
             "",
-            "Model step (synthetic data on the device), images/s:",
+            "Model step (synthetic data on the device"
+            + (", model.blurpool" if result.get("plan", {}).get("blurpool") else "")
+            + "), images/s:",
             f"  {'batch':>5}  {'precision':<9}  {'channels_last':<13}  {'compile':<7}  "
             f"{'img/s':>9}",
         ]

@@ -34,6 +34,7 @@ def make_checkpoint(
     crop_ratio: float = 0.875,
     probabilities: list[float] | None = None,
     seed: int = 0,
+    blurpool: bool = False,
 ) -> Path:
     """An rn50 checkpoint of a randomly initialized model over CLASSES.
 
@@ -47,6 +48,7 @@ def make_checkpoint(
     cfg.data.crop_ratio = crop_ratio
     torch.manual_seed(seed)
     cfg.model.zero_init_residual = False  # random blocks: outputs that depend on the image
+    cfg.model.blurpool = blurpool
     model = build_model(cfg.model)
     if probabilities is not None:
         with torch.no_grad():

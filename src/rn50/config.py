@@ -47,9 +47,15 @@ class DataConfig:
     min_resolution: int = 0
     """progressive resizing: first training resolution (e.g. 160); 0: off."""
     ramp_start_epoch: int = 0
-    """progressive resizing: last epoch trained at min_resolution."""
+    """progressive resizing: where the linear ramp from min_resolution starts (epochs counted
+    from 1); epochs up to it train at min_resolution. Between the two ramp epochs the side is
+    interpolated and rounded to a multiple of 32, so the last epoch at min_resolution and the
+    first at full resolution can lie inside the ramp (rn50.data.schedule.resolution_at gives
+    each epoch's): with 160 -> 192, start 12 and end 14, epoch 13's 176 rounds (half to even,
+    like FFCV's numpy) up to 192, so epochs 1-12 train at 160 and 13-16 at 192."""
     ramp_end_epoch: int = 0
-    """progressive resizing: first epoch trained at the full resolution."""
+    """progressive resizing: where the ramp ends (epochs counted from 1); from this epoch on
+    every epoch trains at data.resolution, and earlier ones may already (see ramp_start_epoch)."""
     crop_ratio: float = 0.875
     """validation resizes the short side to resolution / crop_ratio, then center-crops."""
     min_scale: float = 0.08
@@ -87,6 +93,11 @@ class ModelConfig:
     zero_init_residual: bool = True
     """start the last BatchNorm of each residual block at zero, so every block begins as the
     identity: faster, steadier early training (Goyal et al. 2017)."""
+    blurpool: bool = False
+    """FFCV's BlurPool: a fixed 3x3 binomial blur ([1,2,1] x [1,2,1] / 16, depthwise, stride 1,
+    zero padding 1) before every convolution with stride > 1 and at least 16 input channels
+    (6 in ResNet-50 and ResNet-18), against aliasing when it downsamples. Its filters are
+    buffers in the state_dict (keys ...conv2.conv.weight and ...conv2.blur_filter, as FFCV's)."""
     sync_bn: bool = False
     """under torchrun, BatchNorm statistics over the whole global batch (SyncBatchNorm, CUDA
     only) instead of each device's own batch: worth its communication when the per-device
@@ -95,7 +106,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD and the one-cycle LR schedule (torch OneCycleLR), stepped every batch."""
+    """SGD and the LR schedule (one-cycle, or cosine with warm-up), stepped every batch."""
 
     optimizer: str = "sgd"
     """the optimizer; only sgd (with momentum) for now."""
@@ -106,10 +117,27 @@ class OptimConfig:
     weight_decay: float = 1e-4
     """L2 penalty applied by SGD (to every parameter unless no_bn_weight_decay)."""
     no_bn_weight_decay: bool = True
-    """no weight decay on BatchNorm weights and biases (the 1-D parameters)."""
+    """no weight decay on BatchNorm weights and biases (which parameters: no_decay_rule)."""
+    no_decay_rule: str = "1d"
+    """which parameters no_bn_weight_decay exempts from weight decay: 1d (every 1-D parameter:
+    all BatchNorm weights and biases and the fc bias), bn_name (FFCV's rule: parameters whose
+    name contains 'bn', so the downsample BatchNorms and the fc bias are decayed) or norm
+    (torchvision's --norm-weight-decay 0: every parameter of a normalization layer; the fc
+    bias is decayed)."""
     fused: bool = True
     """fused SGD update (one kernel for all parameters) where this torch and device have it;
     not with fp16, whose loss scaler skips steps in a way fused SGD does not honour."""
+    schedule: str = "onecycle"
+    """the LR schedule, stepped every optimizer step: onecycle (torch OneCycleLR, the keys
+    below) or cosine (torch LinearLR from warmup_decay x max_lr up to max_lr over
+    warmup_epochs, then CosineAnnealingLR down to 0, chained by SequentialLR: torchvision's
+    recipe, there stepped per epoch). cosine keeps momentum fixed at optim.momentum and ignores
+    pct_start, div_factor, final_div_factor, anneal_strategy, three_phase and cycle_momentum."""
+    warmup_epochs: int = 5
+    """schedule cosine: epochs of linear warm-up (0: none); must be fewer than train.epochs."""
+    warmup_decay: float = 0.01
+    """schedule cosine: the warm-up's first LR as a fraction of max_lr (torchvision's
+    --lr-warmup-decay; LinearLR's start_factor)."""
     max_lr: float | str = 0.675
     """peak learning rate of the cycle (the reference run's), or auto: run the LR range test
     (see lr_finder) before training and use its suggestion."""
@@ -249,6 +277,8 @@ SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
 ANNEAL = ("cos", "linear")  # torch OneCycleLR's anneal_strategy
+SCHEDULES = ("onecycle", "cosine")  # rn50.optim.build_scheduler
+NO_DECAY_RULES = ("1d", "bn_name", "norm")  # rn50.optim.param_groups
 RULES = ("steepest", "minimum", "edge", "divergence")
 PROGRESS = ("auto", "bar", "lines", "off")
 
@@ -556,6 +586,8 @@ BOUNDS: dict[str, Bound] = {
     ),
     "optim.base_momentum": Bound(0, 1, hi_open=True),
     "optim.max_momentum": Bound(0, 1, hi_open=True),
+    "optim.warmup_epochs": Bound(0, 100_000),
+    "optim.warmup_decay": Bound(0, 1, lo_open=True),
     "lr_finder.start_lr": Bound(0, 1000, lo_open=True),
     "lr_finder.end_lr": Bound(0, 1000, lo_open=True),
     "lr_finder.num_iter": Bound(10, 1_000_000),
@@ -630,6 +662,11 @@ def validate(cfg: Config) -> None:
     if o.three_phase:
         _check(o.pct_start < 0.5, "optim.pct_start", "must be below 0.5 when three_phase is true")
     _one_of(o.anneal_strategy, "optim.anneal_strategy", ANNEAL)
+    _one_of(o.schedule, "optim.schedule", SCHEDULES)
+    _one_of(o.no_decay_rule, "optim.no_decay_rule", NO_DECAY_RULES)
+    if o.schedule == "cosine":
+        _check(o.warmup_epochs < t.epochs, "optim.warmup_epochs",
+               f"must be fewer than train.epochs ({t.epochs}), got {o.warmup_epochs}")
     _check(
         o.base_momentum <= o.max_momentum,
         "optim.base_momentum",

@@ -3,6 +3,7 @@
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 
 from rn50.config import ModelConfig
 from rn50.errors import ConfigError
@@ -19,9 +20,55 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     kwargs = {"zero_init_residual": cfg.zero_init_residual} if cfg.arch.startswith(
         ("resnet", "resnext", "wide_resnet")
     ) else {}
-    return torchvision.models.get_model(
+    model = torchvision.models.get_model(
         cfg.arch, weights=None, num_classes=cfg.num_classes, **kwargs
     )
+    if cfg.blurpool:
+        apply_blurpool(model)
+    return model
+
+
+# [1, 2, 1] x [1, 2, 1] / 16: the 3x3 binomial low-pass filter of FFCV's BlurPoolConv2d.
+BINOMIAL_3 = (1.0, 2.0, 1.0)
+
+
+class BlurPoolConv2d(nn.Module):
+    """Blur, then the wrapped strided convolution: ffcv-imagenet's BlurPoolConv2d
+    (train_imagenet.py), after Zhang 2019, "Making Convolutional Networks Shift-Invariant
+    Again".
+
+    The blur is a depthwise 3x3 convolution with the fixed binomial filter
+    [1,2,1]^T [1,2,1] / 16 (sums to 1), stride 1 and zero padding 1: N x C x H x W in, the same
+    shape out, before `conv` downsamples. The filter is the buffer `blur_filter`
+    (C x 1 x 3 x 3) and the convolution the submodule `conv`, as in FFCV, so the state_dict
+    keys are FFCV's: <name>.blur_filter and <name>.conv.weight.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        row = torch.tensor(BINOMIAL_3)
+        kernel = torch.outer(row, row) / row.sum() ** 2
+        self.conv = conv
+        self.register_buffer(
+            "blur_filter", kernel.expand(conv.in_channels, 1, 3, 3).contiguous()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blurred = F.conv2d(x, self.blur_filter, stride=1, padding=1, groups=self.conv.in_channels)
+        return self.conv(blurred)
+
+
+def apply_blurpool(model: nn.Module) -> list[str]:
+    """Wrap, in place, every nn.Conv2d with a stride above 1 and at least 16 input channels in
+    a BlurPoolConv2d: FFCV's apply_blurpool (ffcv-imagenet train_imagenet.py), which leaves
+    out the stem (3 input channels) and the max pool. Returns the wrapped modules' names."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+                setattr(module, child_name, BlurPoolConv2d(child))
+                wrapped.append(f"{name}.{child_name}" if name else child_name)
+    return wrapped
 
 
 def model_summary(cfg: ModelConfig, batch_size: int, resolution: int) -> str:

@@ -34,7 +34,9 @@ def training_setup(plan: BenchPlan, precision: str, channels_last: bool):
 
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model(ModelConfig(arch=plan.arch, num_classes=plan.num_classes))
+    model = build_model(
+        ModelConfig(arch=plan.arch, num_classes=plan.num_classes, blurpool=plan.blurpool)
+    )
     model.to(plan.device, memory_format=memory_format).train()
     scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
     return model, scaler, nn.CrossEntropyLoss(), memory_format
@@ -62,6 +64,7 @@ def bench_model(
     """
     record = {
         "arch": plan.arch,
+        "blurpool": plan.blurpool,
         "resolution": plan.resolution,
         "batch_size": batch_size,
         "precision": precision,

@@ -27,6 +27,7 @@ class BenchPlan:
     device: torch.device
     arch: str = "resnet50"
     num_classes: int = 1000
+    blurpool: bool = False  # model.blurpool
     resolution: int = 224
     batch_sizes: Sequence[int] = (32,)
     precisions: Sequence[str] = ("fp32", "bf16")
@@ -69,6 +70,7 @@ def default_plan(cfg: Config, device: torch.device, full: bool = False) -> Bench
         device=device,
         arch=cfg.model.arch,
         num_classes=cfg.model.num_classes,
+        blurpool=cfg.model.blurpool,
         resolution=cfg.data.resolution,
         batch_sizes=(cfg.data.batch_size, 2 * cfg.data.batch_size)
         if full and cuda

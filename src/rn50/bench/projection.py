@@ -82,6 +82,12 @@ def project(result: dict, plan: BenchPlan) -> dict | None:
     arch = result.get("plan", {}).get("arch", plan.arch)
     if arch != plan.arch:
         raise ValueError(f"the measurements are of {arch}, the run trains {plan.arch}")
+    blurpool = result.get("plan", {}).get("blurpool", False)  # older files: none measured
+    if blurpool != plan.blurpool:
+        raise ValueError(
+            f"the measurements are {'with' if blurpool else 'without'} model.blurpool, the run "
+            f"trains {'with' if plan.blurpool else 'without'} it"
+        )
     measured = best_model.get("resolution", plan.resolution)
     if plan.resolution != measured:
         raise ValueError(

@@ -23,7 +23,9 @@ def format_report(result: dict) -> str:
     if result.get("model"):
         lines += [
             "",
-            "Model step (synthetic data on the device), images/s:",
+            "Model step (synthetic data on the device"
+            + (", model.blurpool" if result.get("plan", {}).get("blurpool") else "")
+            + "), images/s:",
             f"  {'batch':>5}  {'precision':<9}  {'channels_last':<13}  {'compile':<7}  "
             f"{'img/s':>9}",
         ]

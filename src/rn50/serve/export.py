@@ -80,6 +80,18 @@ def export_safetensors(model: torch.nn.Module, info: ModelInfo, out: Path) -> Pa
     return out
 
 
+def architecture_line(info: ModelInfo) -> str:
+    """What network a safetensors file's state_dict loads into (the file holds tensors only)."""
+    build = f"{info.arch}(num_classes={info.num_classes})"
+    if info.extra.get("blurpool"):
+        return (
+            f"Architecture: torchvision's {build} with FFCV's BlurPool (model.blurpool: true); "
+            f"build it with rn50.model.build_model(ModelConfig(arch='{info.arch}', "
+            f"num_classes={info.num_classes}, blurpool=True)), then load_state_dict(strict=True)"
+        )
+    return f"Architecture: torchvision.models.{build}; load_state_dict(strict=True)"
+
+
 def export_onnx(model: torch.nn.Module, info: ModelInfo, out: Path) -> float:
     """ONNX with a dynamic batch axis ("images" float32 N x 3 x R x R -> "logits" N x classes),
     kept only when ONNX Runtime's logits on the example photos match PyTorch's; returns the
@@ -172,6 +184,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
     lines = []
     if fmt == "safetensors":
         export_safetensors(model, info, out)
+        lines.append(architecture_line(info))
     elif fmt == "onnx":
         diff = export_onnx(model, info, out)
         lines.append(
@@ -226,6 +239,11 @@ def export_space(
     if folder.exists() and not folder.is_dir():
         raise UserError(f"'{folder}' exists and is not a folder; pass a folder for --space")
     model, _, info = load_for_inference(checkpoint)
+    if backend == "torch" and info.extra.get("blurpool"):
+        raise UserError(
+            f"'{checkpoint}' is a BlurPool model (model.blurpool), which the Space's PyTorch "
+            f"backend (torchvision's {info.arch}) cannot build; use --space-backend onnx"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     if backend == "onnx":

@@ -80,6 +80,8 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Config, Model
         crop_ratio=cfg.data.crop_ratio,
         epoch=state.get("epoch"),
         best_top1=state.get("best_top1"),
+        # Not torchvision's network as it is: what rebuilds it must know (rn50.model).
+        extra={"blurpool": True} if cfg.model.blurpool else {},
     )
     return model, cfg, info
 

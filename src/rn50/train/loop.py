@@ -102,7 +102,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.module, optim_cfg, loss_scaling=rt.use_scaler)
         self.steps_per_epoch = len(self.train_data) // accum  # optimizer steps
         self.scheduler = build_scheduler(
-            self.optimizer, optim_cfg, cfg.train.epochs * self.steps_per_epoch
+            self.optimizer, optim_cfg, cfg.train.epochs * self.steps_per_epoch, self.steps_per_epoch
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
         self.progress = Progress()

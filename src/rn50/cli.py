@@ -267,6 +267,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     if args.max_paths < 0:
         raise UserError(f"--max-paths must be 0 or more, got {excerpt(args.max_paths)}")
+    if args.workers is not None and args.workers < 1:  # every argument before the dataset
+        raise UserError(f"--workers must be at least 1, got {excerpt(args.workers)}")
     # Every output before the scan, not after an hour of it.
     for flag, path in (("--json", args.json), ("--skip-list", args.skip_list)):
         if path:

@@ -6,8 +6,6 @@ import json
 import pytest
 import torch
 import torchvision
-from rn50.engine import Trainer
-from rn50.predict import load_for_inference
 from torch import nn
 
 from rn50.checkpoint import load_checkpoint
@@ -15,6 +13,8 @@ from rn50.cli import main
 from rn50.config import ModelConfig
 from rn50.model import BlurPoolConv2d, apply_blurpool, build_model
 from rn50.runlog import read_metrics
+from rn50.serve.predict import load_for_inference
+from rn50.train.loop import Trainer
 from tests.conftest import demo48_config
 from tests.serving import CLASSES, make_checkpoint
 

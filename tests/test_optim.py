@@ -371,10 +371,9 @@ def test_schedule_keys_are_checked():
 def test_cosine_trains_and_a_run_keeps_its_schedule(demo48, tmp_path):
     """optim.schedule cosine in a run: steps.jsonl's LR at every step follows the formula
     (warm-up over epoch 1's 6 steps); resuming that run dir with one-cycle is refused."""
-    from rn50.engine import Trainer
-
     from rn50.errors import CheckpointError
     from rn50.runlog import read_metrics
+    from rn50.train.loop import Trainer
     from tests.conftest import demo48_config
 
     optim = {"schedule": "cosine", "warmup_epochs": 1, "warmup_decay": 0.1}

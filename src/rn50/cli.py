@@ -79,22 +79,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     The checkpoint's own config is used (data, resolution, model); --config and --set change it,
     e.g. --set data.data_dir=/other/imagenet. Under torchrun each process evaluates its
-    share of the images and rank 0 prints the totals.
+    share of the images and rank 0 prints the totals. The checkpoint's class ids are compared
+    with the dataset's: a dataset class the checkpoint does not know stops it with one line;
+    the same ids in another order (or a subset of them) are scored by id, and it says so.
+    Unreadable images are named in warnings and counted.
     """
     from rn50 import distributed as dist
     from rn50.checkpoint import load_checkpoint
     from rn50.config import from_dict, load_config
+    from rn50.runlog import ConsoleLog
     from rn50.train.evaluate import evaluate_checkpoint
     from rn50.train.runtime import resolve_device
 
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
     with dist.process_group(resolve_device(cfg.train.device)):
-        r = evaluate_checkpoint(state, args.checkpoint, cfg)
+        # Every process names the unreadable files of its share.
+        r = evaluate_checkpoint(state, args.checkpoint, cfg, ConsoleLog().warn)
         if not dist.is_main():
             return 0
     print(f"Checkpoint: {args.checkpoint} (epoch {state.get('epoch', '?')})")
+    if r["classes"] == "mapped":
+        print("Classes: the dataset's class ids differ in order or number from the "
+              "checkpoint's; each val image is scored against the output of its class id")
     print(f"Val images: {r['count']}")
+    if r["skipped"]:
+        print(f"Skipped unreadable images: {r['skipped']} (named in the warnings above)")
     print(f"Val Loss: {r['loss']:.4f} Top-1: {r['top1']:.2f}% Top-5: {r['top5']:.2f}%")
     return 0
 
@@ -294,6 +304,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, args.workers,
                         progress=True)
+    for line in s.warnings:  # entries set aside while indexing: not copied
+        print(f"warning: {line}", file=sys.stderr)
     print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
           f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
     if s.bad:

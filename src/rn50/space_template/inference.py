@@ -10,7 +10,9 @@ images with one piece of code and give the same answers.
 import io
 import json
 import math
+import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -110,6 +112,24 @@ class ModelInfo:
 # Decoding and checking one image
 
 
+def _read_file(p: Path) -> bytes:
+    """The bytes of a regular file, or ImageError saying what `p` is instead (a FIFO would
+    block a read forever, a device never end it)."""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise ImageError(f"no such file: '{p}'") from None
+    except OSError as e:  # a link loop, a folder that cannot be entered
+        raise ImageError(f"cannot read '{p}' ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise ImageError(f"'{p}' is {what}, not an image file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read '{p}' ({e.strerror or e})") from None
+
+
 def open_image(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str]:
     """Decode a file path, bytes or PIL image into an RGB image, or raise ImageError.
 
@@ -121,10 +141,7 @@ def open_image(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, s
         _check_size(*source.size)
         return _to_rgb(source)
     if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ImageError(f"no such file: '{p}'")
-        data = p.read_bytes()
+        data = _read_file(Path(source))
     else:
         data = bytes(source)
     if not data:

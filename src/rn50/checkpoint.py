@@ -122,12 +122,10 @@ def plain_reason(e: BaseException, limit: int = 160) -> str:
 
 
 def pickled_object(path: Path, message: str) -> str | None:
-    """The name of a class or function pickled in `path` (what weights_only refused): from
-    torch's `message` ("Unsupported global: GLOBAL argparse.Namespace ..."), else the first
-    global the pickle stream imports; None when the file imports none (not a pickle)."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    if found:
-        return found.group(1)
+    """The name of a class or function pickled in `path` (what weights_only refused): the
+    first global the pickle stream imports ("argparse.Namespace"), else the one torch's
+    `message` names ("Unsupported global: GLOBAL exec ..."); None when neither tells (the
+    file is not a pickle at all)."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
@@ -143,9 +141,10 @@ def pickled_object(path: Path, message: str) -> str | None:
                 return ".".join(strings[-2:])
             if isinstance(arg, str):
                 strings.append(arg)
-    except Exception:  # not a pickle stream at all, or a damaged one
-        return None
-    return None
+    except Exception:  # not a pickle stream, or a damaged one: torch's message may tell
+        pass
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1) if found else None
 
 
 PREFIXES = ("module.", "_orig_mod.")

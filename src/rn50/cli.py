@@ -213,8 +213,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     inside a .JPEG name, CMYK, grayscale, 16-bit, alpha, palette) and byte-identical
     duplicates (within a split, and across train and val, which inflates val accuracy).
 
-    Exit code: 0 no errors (warnings allowed), 1 errors found (unreadable files, or classes
-    with no readable val or train image), 2 no dataset at PATH or a bad argument.
+    Also named and counted as errors: entries not indexed (symbolic link loops, broken links,
+    folders that cannot be listed, FIFOs/sockets/devices under image names, names that are
+    not UTF-8, images where class folders belong) and label problems (LOC_val_solution.csv
+    rows whose boxes name different synsets or that repeat an ImageId with another class,
+    class folders differing only in case or spaces).
+
+    Exit code: 0 no errors (warnings allowed), 1 errors found (unreadable files, entries not
+    indexed, label problems, or classes with no readable val or train image), 2 no dataset
+    at PATH, a train class folder that cannot be listed, or a bad argument.
     --skip-list FILE writes the unreadable files (paths relative to the dataset root) for
     data.skip_list; --fix-to DIR writes a copy that checks clean: converted files re-encoded
     as RGB, unreadable ones left out, the rest hard-linked.

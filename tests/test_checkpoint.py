@@ -1,5 +1,7 @@
+import argparse
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +95,101 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
         atomic_write_with(target, explode)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+# -- one loader for every command that reads weights -------------------------------------------
+
+
+def _tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+
+@pytest.mark.parametrize(
+    "prefix", ["", "module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."]
+)
+def test_ddp_and_compile_prefixes_are_stripped(prefix):
+    """DistributedDataParallel ("module.") and torch.compile ("_orig_mod."), in any nesting."""
+    from rn50.checkpoint import load_weights
+
+    saved = _tiny_net().state_dict()
+    weights = {prefix + k: v + 1 if v.is_floating_point() else v for k, v in saved.items()}
+    target = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    load_weights(target, weights, "x.pth", "fix it")
+    for k, v in target.state_dict().items():
+        want = saved[k] + 1 if saved[k].is_floating_point() else saved[k]
+        assert torch.equal(v, want), k
+
+
+def test_a_wrong_shape_names_the_first_key_and_both_shapes():
+    from rn50.checkpoint import load_weights
+
+    weights = _tiny_net().state_dict()
+    weights["1.weight"] = torch.zeros(7)
+    weights["1.bias"] = torch.zeros(7)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(_tiny_net(), {"module." + k: v for k, v in weights.items()}, "x.pth", "FIX")
+    assert str(e.value) == (
+        "'x.pth': weight '1.weight' has shape 7 in the file but 4 in the model; FIX"
+    )
+
+
+def test_missing_and_unexpected_keys_are_one_line():
+    from rn50.checkpoint import load_weights
+
+    weights = _tiny_net().state_dict()
+    del weights["0.bias"], weights["1.running_var"]
+    weights["head.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointError) as e:
+        load_weights(_tiny_net(), weights, "x.pth", "FIX")
+    assert str(e.value) == (
+        "'x.pth': the weights do not fit the model: 2 missing (first: '0.bias'), "
+        "1 unexpected (first: 'head.weight'); FIX"
+    )
+
+
+class _Code:
+    def __reduce__(self):
+        return (exec, ("pass",))
+
+
+@pytest.mark.parametrize(
+    "payload, name",
+    [
+        (lambda: argparse.Namespace(lr=0.1), "argparse.Namespace"),
+        (lambda: np.float64(0.5), "numpy"),  # numpy's scalar (numpy._core or numpy.core)
+        (lambda: _Code(), "builtins.exec"),
+    ],
+)
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickled_objects_are_refused_in_rn50s_words(tmp_path, payload, name, writer):
+    path = tmp_path / "obj.pth"
+    state = {"format": "rn50-checkpoint", "model": {}, "args": payload()}
+    if writer == "torch.save":
+        torch.save(state, path)
+    else:
+        path.write_bytes(pickle.dumps(state, protocol=4))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    text = str(e.value)
+    assert text.startswith(f"'{path}' holds pickled Python objects (e.g. {name}")
+    assert text.endswith("rn50 loads only tensors and plain data, and will not unpickle it")
+    assert "\x1b" not in text and "weights_only" not in text and "\n" not in text
+
+
+def test_class_ids_are_compared_not_only_counted():
+    from rn50.checkpoint import class_mapping, match_classes
+
+    state = {"classes": ["n01", "n02", "n03"]}
+    match_classes(state, ("n01", "n02", "n03"), "x.pth", "FIX")
+    match_classes({}, ("a",), "x.pth", "FIX")  # weights only (initial_model.pth): nothing to check
+    with pytest.raises(CheckpointError) as e:
+        match_classes(state, ("n01", "n02", "n04"), "x.pth", "FIX")
+    assert str(e.value) == (
+        "'x.pth' was trained on other classes than this dataset's: class 2 is 'n03' in the "
+        "checkpoint but 'n04' in the dataset; FIX"
+    )
+    assert class_mapping(state, ("n01", "n02", "n03"), "x.pth") is None
+    assert class_mapping(state, ("n03", "n01"), "x.pth") == [2, 0]  # a subset, another order
+    with pytest.raises(CheckpointError, match="the dataset's class 'n09' is not among"):
+        class_mapping(state, ("n01", "n09", "n03"), "x.pth")

@@ -6,12 +6,18 @@ A checkpoint is a plain dict of tensors, numbers, strings and lists, so it loads
 
 import errno
 import os
+import pickle
+import pickletools
 import re
 import shutil
+import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from rn50.errors import CheckpointError, StorageError
 from rn50.fileio import atomic_open, atomic_write_with
@@ -76,18 +82,120 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load an rn50 checkpoint safely, or raise CheckpointError with one line saying why."""
+    """Load an rn50 checkpoint safely, or raise CheckpointError with one line saying why.
+
+    Only tensors and plain data are read (`torch.load(weights_only=True)`); a file holding
+    other pickled objects is refused in rn50's words, naming one of them.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at '{p}'; pass a .pth file written by 'rn50 train'")
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's chatter about pickle protocols of a file it is about to refuse anyway.
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not loadable"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"'{p}' is not a loadable rn50 checkpoint ({reason[:160]})") from None
+        refused = isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower()
+        found = pickled_object(p, str(e)) if refused else None
+        if found:
+            raise CheckpointError(
+                f"'{p}' holds pickled Python objects (e.g. {found}); rn50 loads only tensors "
+                f"and plain data, and will not unpickle it"
+            ) from None
+        # torch's own words for a refused file suggest loading it unsafely: never quoted.
+        reason = "not a PyTorch checkpoint, or a damaged one" if refused else plain_reason(e)
+        raise CheckpointError(f"'{p}' is not a loadable rn50 checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights)")
     return state
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_reason(e: BaseException, limit: int = 160) -> str:
+    """The first line of `e`'s message without terminal escape codes, at most `limit` chars."""
+    text = ANSI_ESCAPE.sub("", str(e)).strip()
+    first = text.splitlines()[0].strip() if text else type(e).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def pickled_object(path: Path, message: str) -> str | None:
+    """The name of a class or function pickled in `path` (what weights_only refused): the
+    first global the pickle stream imports ("argparse.Namespace"), else the one torch's
+    `message` names ("Unsupported global: GLOBAL exec ..."); None when neither tells (the
+    file is not a pickle at all)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                data = z.read(name)
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".").replace("__builtin__", "builtins")
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return ".".join(strings[-2:])
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a pickle stream, or a damaged one: torch's message may tell
+        pass
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1) if found else None
+
+
+PREFIXES = ("module.", "_orig_mod.")
+"""What wrappers put before every weight's name: DistributedDataParallel ("module.") and
+torch.compile ("_orig_mod."), in either order and nesting."""
+
+
+def strip_prefixes(weights: dict) -> dict:
+    """A copy of a state_dict without the wrappers' PREFIXES, as the plain network names its
+    weights; a state_dict without them comes back equal. Stripped with torch's
+    `consume_prefix_in_state_dict_if_present`, repeatedly (DDP around a compiled model)."""
+    weights = dict(weights)
+    while True:
+        for prefix in PREFIXES:
+            if weights and all(k.startswith(prefix) for k in weights):
+                consume_prefix_in_state_dict_if_present(weights, prefix)
+                break
+        else:
+            return weights
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: str | os.PathLike, fix: str) -> None:
+    """Put `weights` (a state_dict read from checkpoint `path`, maybe saved from a DDP or
+    compiled model) into `model`, every tensor, or raise CheckpointError with one line.
+
+    The one place every command that reads weights goes through (eval, predict, export, the
+    app, resume, train.initial_model_path): the first weight whose shape differs is named
+    with both shapes; missing and unexpected names are counted with the first of each. `fix`
+    ends the line: what the user can do about it.
+    """
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"'{path}' holds no weights under 'model'; {fix}")
+    weights = strip_prefixes(weights)
+    own = model.state_dict()
+    for key, value in weights.items():
+        if key in own and (not isinstance(value, torch.Tensor) or value.shape != own[key].shape):
+            have = "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else "none"
+            want = "x".join(map(str, own[key].shape)) or "scalar"
+            raise CheckpointError(
+                f"'{path}': weight '{key}' has shape {have or 'scalar'} in the file but "
+                f"{want} in the model; {fix}"
+            )
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (first: '{missing[0]}')"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (first: '{unexpected[0]}')"] if unexpected else []
+        raise CheckpointError(
+            f"'{path}': the weights do not fit the model: {', '.join(parts)}; {fix}"
+        )
+    model.load_state_dict(weights, strict=True)
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -136,3 +244,51 @@ def check_classes(state: dict, num_classes: int, path: str | os.PathLike) -> Non
             f"'{path}' was trained for {have} classes but this run has {num_classes}; "
             f"use a checkpoint from a run on the same dataset"
         )
+
+
+def first_difference(saved: Sequence[str], here: Sequence[str]) -> str:
+    """Where two class lists first differ, in words: "class 3 is 'n01' in the checkpoint
+    but 'n02' in the dataset"; "" when they are equal."""
+    for i, (a, b) in enumerate(zip(saved, here, strict=False)):
+        if a != b:
+            return f"class {i} is '{a}' in the checkpoint but '{b}' in the dataset"
+    if len(saved) != len(here):
+        return f"the checkpoint has {len(saved)} classes, the dataset {len(here)}"
+    return ""
+
+
+def match_classes(state: dict, classes: Sequence[str], path: str | os.PathLike, fix: str) -> None:
+    """The checkpoint's class ids (when it stores them) must be `classes`, in that order:
+    the same count with other ids would score or train every image under another label.
+
+    Raises CheckpointError naming the first differing class; `fix` ends the line.
+    """
+    saved = state.get("classes")
+    if saved and list(saved) != list(classes):
+        raise CheckpointError(
+            f"'{path}' was trained on other classes than this dataset's: "
+            f"{first_difference(saved, classes)}; {fix}"
+        )
+
+
+def class_mapping(state: dict, classes: Sequence[str], path: str | os.PathLike) -> list[int] | None:
+    """How the dataset's labels map to the checkpoint's outputs, by class id.
+
+    None: the same ids in the same order (nothing to map). Else a list: dataset label i is
+    the checkpoint's output `mapping[i]`; possible when every dataset class id is among the
+    checkpoint's (another order, or a subset of its classes). Raises CheckpointError naming
+    the first dataset class the checkpoint does not know.
+    """
+    saved = list(state.get("classes") or [])
+    if not saved or saved == list(classes):
+        return None
+    position = {c: i for i, c in enumerate(saved)}
+    unknown = [c for c in classes if c not in position]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise CheckpointError(
+            f"'{path}' was trained on other classes than this dataset's: the dataset's class "
+            f"'{unknown[0]}'{more} is not among the checkpoint's "
+            f"({first_difference(saved, classes)}); evaluate it on the dataset it was trained on"
+        )
+    return [position[c] for c in classes]

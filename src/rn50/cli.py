@@ -119,11 +119,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     The checkpoint's own config is used (data, resolution, model); --config and --set change it,
     e.g. --set data.data_dir=/other/imagenet. Under torchrun each process evaluates its
-    share of the images and rank 0 prints the totals.
+    share of the images and rank 0 prints the totals. The checkpoint's class ids are compared
+    with the dataset's: a dataset class the checkpoint does not know stops it with one line;
+    the same ids in another order (or a subset of them) are scored by id, and it says so.
+    Unreadable images are named in warnings and counted.
     """
     from rn50 import distributed as dist
     from rn50.checkpoint import load_checkpoint
     from rn50.config import from_dict, load_config
+    from rn50.runlog import ConsoleLog
     from rn50.train.evaluate import evaluate_checkpoint
     from rn50.train.runtime import resolve_device
 
@@ -131,11 +135,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
     check_run_files(cfg, writes_run_dir=False)
     with dist.process_group(resolve_device(cfg.train.device)):
-        r = evaluate_checkpoint(state, args.checkpoint, cfg)
+        # Every process names the unreadable files of its share.
+        r = evaluate_checkpoint(state, args.checkpoint, cfg, ConsoleLog().warn)
         if not dist.is_main():
             return 0
     print(f"Checkpoint: {args.checkpoint} (epoch {state.get('epoch', '?')})")
+    if r["classes"] == "mapped":
+        print("Classes: the dataset's class ids differ in order or number from the "
+              "checkpoint's; each val image is scored against the output of its class id")
     print(f"Val images: {r['count']}")
+    if r["skipped"]:
+        print(f"Skipped unreadable images: {r['skipped']} (named in the warnings above)")
     print(f"Val Loss: {r['loss']:.4f} Top-1: {r['top1']:.2f}% Top-5: {r['top5']:.2f}%")
     return 0
 
@@ -251,8 +261,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     inside a .JPEG name, CMYK, grayscale, 16-bit, alpha, palette) and byte-identical
     duplicates (within a split, and across train and val, which inflates val accuracy).
 
-    Exit code: 0 no errors (warnings allowed), 1 errors found (unreadable files, or classes
-    with no readable val or train image), 2 no dataset at PATH or a bad argument.
+    Also named and counted as errors: entries not indexed (symbolic link loops, broken links,
+    folders that cannot be listed, FIFOs/sockets/devices under image names, names that are
+    not UTF-8, images where class folders belong) and label problems (LOC_val_solution.csv
+    rows whose boxes name different synsets or that repeat an ImageId with another class,
+    class folders differing only in case or spaces).
+
+    Exit code: 0 no errors (warnings allowed), 1 errors found (unreadable files, entries not
+    indexed, label problems, or classes with no readable val or train image), 2 no dataset
+    at PATH, a train class folder that cannot be listed, or a bad argument.
     --skip-list FILE writes the unreadable files (paths relative to the dataset root) for
     data.skip_list; --fix-to DIR writes a copy that checks clean: converted files re-encoded
     as RGB, unreadable ones left out, the rest hard-linked.
@@ -362,6 +379,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
                           least=1)
     s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, workers,
                         progress=True)
+    for line in s.warnings:  # entries set aside while indexing: not copied
+        print(f"warning: {line}", file=sys.stderr)
     print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
           f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
     if s.bad:

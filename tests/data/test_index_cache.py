@@ -129,3 +129,35 @@ def test_a_damaged_or_unwritable_cache_only_costs_a_scan(tree, monkeypatch, tmp_
     monkeypatch.setenv("RN50_CACHE_DIR", str(blocker))  # mkdir inside a file fails
     assert load_dataset_index(tree) == find_dataset(tree)
     assert len(calls) == 3
+
+
+def test_a_label_swapped_in_place_with_the_same_size_and_mtime_is_noticed(tmp_path, monkeypatch):
+    """rsync -t or cp -p of a corrected LOC_val_solution.csv can keep mtime and size: the
+    cache compares the bytes too, or every val image of the row would keep its old label."""
+    index = write_demo_dataset(tmp_path / "demo", size=8, val_every=50)
+    csv = index.root / "LOC_val_solution.csv"
+    settle(index.root)
+    first = load_dataset_index(index.root)
+    st = os.stat(csv)
+    text = csv.read_text()
+    line = text.splitlines()[1]
+    wnid = line.split(",")[1].split()[0]
+    other = next(c for c in first.classes if c != wnid)
+    csv.write_text(text.replace(line, line.replace(wnid, other)))  # same length
+    os.utime(csv, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(csv).st_size == st.st_size
+    calls = scans(monkeypatch)
+    again = load_dataset_index(index.root)
+    assert calls and again == find_dataset(index.root) and again.val != first.val
+
+
+def test_an_index_that_set_entries_aside_is_never_cached(tree, monkeypatch):
+    """Fixing such an entry (chmod, a link re-pointed) may change no folder's mtime."""
+    os.symlink("nowhere.JPEG", tree / "train" / "a" / "broken.JPEG")
+    settle(tree)
+    calls = scans(monkeypatch)
+    first = load_dataset_index(tree)
+    assert [why for _, why in first.skipped] == ["a broken symbolic link (its target does not "
+                                                 "exist)"]
+    load_dataset_index(tree)
+    assert len(calls) == 2 and not cache_path(tree).exists()

@@ -356,3 +356,38 @@ def test_index_is_frozen(folder_root: Path):
     assert isinstance(index, DatasetIndex)
     with pytest.raises(AttributeError):
         index.layout = "kaggle"  # type: ignore[misc]
+
+
+# -- labels never shift: names that differ only in case or spaces, foreign skip lists --------
+
+
+def test_class_names_that_differ_only_in_case_or_spaces(tmp_path):
+    for name in ("cat", "Cat ", "dog"):
+        write_image(tmp_path / "train" / name / "a.jpg")
+    index = find_dataset(tmp_path)
+    assert index.classes == ("Cat ", "cat", "dog")
+    assert index.notes == (
+        f"class folders 'Cat ' and 'cat' in '{tmp_path / 'train'}' differ only in case or "
+        f"spaces: they are two classes; merge them if they are one",
+    )
+    write_image(tmp_path / "val" / "Dog" / "a.jpg")
+    with pytest.raises(DataError, match="has no train folder \\(it differs from train class "
+                                        "'dog' only in case or spaces\\)"):
+        find_dataset(tmp_path)
+
+
+def test_a_skip_list_from_another_dataset_is_noted(tmp_path):
+    from rn50.data.skiplist import apply_skip_list
+
+    for name in ("a", "b"):
+        write_image(tmp_path / "train" / name / "1.jpg")
+        write_image(tmp_path / "train" / name / "2.jpg")
+    index = find_dataset(tmp_path)
+    kept = apply_skip_list(index, {"train/a/1.jpg", "train/x/9.JPEG", "train/y/9.JPEG"})
+    assert [os.path.relpath(p, tmp_path) for p, _ in kept.train] == [
+        "train/a/2.jpg", "train/b/1.jpg", "train/b/2.jpg"
+    ]
+    assert kept.notes == (
+        f"2 of the 3 skip-list entries name no file of {tmp_path} (first: 'train/x/9.JPEG'); "
+        f"was data.skip_list written for another dataset?",
+    )

@@ -24,7 +24,9 @@ verbatim beside the Space's inference.py.
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -256,6 +258,24 @@ def load_rgb(source: str | Path | bytes | np.ndarray) -> Image.Image:
         return orient(to_rgb(img), turn)
 
 
+def _read_file(p: Path) -> bytes:
+    """The bytes of a regular file, or ImageError saying what `p` is instead (a FIFO would
+    block a read forever, a device never end it)."""
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise ImageError(f"no such file: '{p}'") from None
+    except OSError as e:  # a link loop, a folder that cannot be entered
+        raise ImageError(f"cannot read '{p}' ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise ImageError(f"'{p}' is {what}, not an image file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read '{p}' ({e.strerror or e})") from None
+
+
 def open_image(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str]:
     """Check and decode a file path, bytes or PIL image into an upright RGB image, or raise
     ImageError (predict, the app and the Space).
@@ -268,10 +288,7 @@ def open_image(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, s
         _check_size(*source.size)
         return convert_rgb(source)
     if isinstance(source, (str, Path)):
-        p = Path(source)
-        if not p.is_file():
-            raise ImageError(f"no such file: '{p}'")
-        data = p.read_bytes()
+        data = _read_file(Path(source))
     else:
         data = bytes(source)
     if not data:

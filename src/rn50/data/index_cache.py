@@ -7,10 +7,14 @@ right when every folder it came from has the mtime it had then. Checking that is
 folder (about 1,000 for ImageNet), and reading the saved list takes a second or two.
 
 What is checked: every folder that holds an indexed image, every folder between those and the
-dataset root, the folder that was given, and the LOC_ files (mtime and size: an edit in
-place does not touch the folder's mtime). Not noticed: images added to a subfolder that held
-no image at the last scan (a new subfolder itself is noticed); set data.index_cache: false
-after such a change, or delete the cache file.
+dataset root, the folder that was given, and the LOC_ files (mtime, size and SHA-1 of their
+bytes: an edit in place does not touch the folder's mtime, and a copy that keeps the old
+mtime and size, e.g. one label swapped for another, must still be noticed). An index that
+set entries aside (a folder that cannot be listed, a link loop: see DatasetIndex.skipped)
+is never cached, since fixing them (chmod, a link re-pointed elsewhere) may change no mtime.
+Not noticed: images added to a subfolder that held no image at the last scan (a new
+subfolder itself is noticed); set data.index_cache: false after such a change, or delete
+the cache file.
 
 Cache files live in $RN50_CACHE_DIR, else $XDG_CACHE_HOME/rn50, else ~/.cache/rn50 (never in
 the dataset, which may be read-only or shared), one per dataset path.
@@ -30,7 +34,7 @@ from rn50.data.layout import MAPPING_FILE, VAL_SOLUTION_FILE, DatasetIndex, find
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the file's content or layout.py's indexing rules change
+FORMAT = 3  # bump when the file's content or layout.py's indexing rules change
 # A folder changed this recently may still be changing, or change within the same mtime tick
 # (1-2 s on some filesystems) without its mtime moving: such an index is not saved.
 SETTLE_S = 2.0
@@ -92,15 +96,21 @@ def _tracked(path, index: DatasetIndex) -> tuple[list[str], list[str]]:
     return sorted(folders), sorted(files)
 
 
-def _stat(paths: list[str]) -> list[list[int] | None]:
-    out = []
+def _stat(paths: list[str], digest: bool = False) -> list[list | None]:
+    """[mtime_ns, size] of each path (None: missing or unreadable); with `digest`, the SHA-1
+    of its bytes too (for the small LOC_ files: 3 MB of CSV take milliseconds)."""
+    out: list[list | None] = []
     for p in paths:
         try:
             st = os.stat(p)
+            entry: list = [st.st_mtime_ns, st.st_size]
+            if digest:
+                with open(p, "rb") as f:
+                    entry.append(hashlib.sha1(f.read()).hexdigest())
         except OSError:
             out.append(None)
         else:
-            out.append([st.st_mtime_ns, st.st_size])
+            out.append(entry)
     return out
 
 
@@ -110,6 +120,8 @@ def _write(file: Path, path, index: DatasetIndex, started: float) -> None:
     samples = index.train + index.val
     if any(not p.startswith(prefix) or "\n" in p for p, _ in samples):
         return  # an image outside the root, a newline in a name: rare; scan every time
+    if index.skipped:
+        return  # see the module docstring: until the tree is clean, every start scans it
     folders, files = _tracked(path, index)
     folder_stats = _stat(folders)
     newest = max((s[0] for s in folder_stats if s is not None), default=0) / 1e9
@@ -127,7 +139,9 @@ def _write(file: Path, path, index: DatasetIndex, started: float) -> None:
         "folders": [f[cut:] if f.startswith(prefix) else f for f in folders],
         "folder_stats": [s[0] if s else None for s in folder_stats],
         "files": files,
-        "file_stats": _stat(files),
+        "file_stats": _stat(files, digest=True),
+        "skipped": [list(entry) for entry in index.skipped],
+        "notes": list(index.notes),
         # One string of newline-separated paths and a list of labels per split: json parses
         # that several times faster than a list of 1.28M [path, label] pairs.
         "train_paths": "\n".join(p[cut:] for p, _ in index.train),
@@ -158,7 +172,7 @@ def _read(file: Path, path) -> DatasetIndex | None:
         folders = [f if os.path.isabs(f) else prefix + f for f in record["folders"]]
         if [s[0] if s else None for s in _stat(folders)] != record["folder_stats"]:
             return None
-        if _stat(record["files"]) != record["file_stats"]:
+        if _stat(record["files"], digest=True) != record["file_stats"]:
             return None
         return DatasetIndex(
             root=Path(record["root"]),
@@ -167,6 +181,8 @@ def _read(file: Path, path) -> DatasetIndex | None:
             names=tuple(record["names"]),
             train=_samples(prefix, record["train_paths"], record["train_labels"]),
             val=_samples(prefix, record["val_paths"], record["val_labels"]),
+            skipped=tuple((p, why) for p, why in record["skipped"]),
+            notes=tuple(record["notes"]),
         )
     except (KeyError, TypeError, ValueError, IndexError):
         return None  # a cache file from elsewhere or damaged: scan

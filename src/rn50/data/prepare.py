@@ -52,7 +52,7 @@ from rn50.data.image import (
     oriented_size,
     to_rgb,
 )
-from rn50.data.layout import find_dataset
+from rn50.data.layout import find_dataset, index_warnings
 from rn50.errors import DataError
 from rn50.fileio import atomic_write_text
 from rn50.resources import available_cpus
@@ -73,6 +73,8 @@ class PrepareSummary:
     resized: int = 0
     converted: int = 0  # not a plain RGB/grayscale JPEG: re-encoded as RGB JPEG
     bad: list[str] = field(default_factory=list)  # unreadable: left out (relative paths)
+    # what indexing set aside or had to guess (rn50.data.layout.index_warnings): not copied
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_dataset(
@@ -96,7 +98,7 @@ def prepare_dataset(
         raise DataError(f"DST '{out}' is inside the dataset '{root}'; choose a folder outside it")
     settings = {"source": str(root), "max_side": max_side, "quality": quality}
     _claim(out, settings)
-    summary = PrepareSummary(out_dir=str(out))
+    summary = PrepareSummary(out_dir=str(out), warnings=index_warnings(index))
 
     for loc in _loc_files(index):
         dest = out / loc.relative_to(root)

@@ -8,6 +8,7 @@ optimizer step is fed, not what is on disk.
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from rn50.config import Config, check_data_dir
 from rn50.data.batch import channel_statistics, to_device
-from rn50.data.layout import find_dataset
+from rn50.data.layout import find_dataset, index_warnings
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import resolution_at
 from rn50.errors import DataError, UserError
@@ -27,9 +28,14 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std + mean).round().clamp(0, 255).to(torch.uint8)
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tuple[str, ...]]:
     """(model input (N, 3, R, R) float, labels, class names): the first `count` training
-    samples of epoch 1 (fewer when the dataset is smaller or some files are unreadable)."""
+    samples of epoch 1 (fewer when the dataset is smaller or some files are unreadable,
+    which are named in warnings on stderr, as are entries indexing set aside)."""
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
     index = find_dataset(check_data_dir(cfg.data))
@@ -37,6 +43,8 @@ def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tupl
         from rn50.data.skiplist import apply_skip_list, read_skip_list
 
         index = apply_skip_list(index, read_skip_list(cfg.data.skip_list))
+    for line in index_warnings(index):
+        warn(line)
     if not index.train:
         raise DataError(f"no training images in {index.root}")
     # One batch: starting worker processes would take longer than decoding it.
@@ -53,7 +61,12 @@ def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tupl
         resolution=resolution_at(1, data),
     )
     loader.sampler.set_epoch(1)  # the trainer's first epoch
-    images, targets, _bad = next(iter(loader))
+    images, targets, bad = next(iter(loader))
+    for path in bad:
+        warn(f"skipped unreadable image {path}")
+    if not len(targets):
+        raise DataError(f"none of the first {len(bad)} training images of {index.root} decodes; "
+                        f"run 'rn50 data check {index.root}'")
     x, targets = to_device(images, targets, device, channels_last=False)
     return x.cpu(), targets.tolist(), index.names
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rn50.data.layout import DatasetIndex
+from rn50.data.layout import DatasetIndex, printable
 from rn50.errors import DataError, one_line
 from rn50.fileio import atomic_write_text
 
@@ -70,17 +70,31 @@ def read_skip_list(path: str | os.PathLike[str]) -> set[str]:
 def apply_skip_list(index: DatasetIndex, skipped: set[str]) -> DatasetIndex:
     """`index` without the files in `skipped` (paths relative to its root with "/"
     separators, as `read_skip_list` returns them, or absolute); its classes stay as they are.
+
+    Entries that name no file of the index (a list written for another dataset, or for
+    files since removed) are counted in a note of the returned index (DatasetIndex.notes).
     """
     if not skipped:
         return index
     prefix = str(index.root) + os.sep
+    used: set[str] = set()
 
     def keep(path: str) -> bool:
         rel = path[len(prefix):] if path.startswith(prefix) else path
-        return rel.replace(os.sep, "/") not in skipped and path not in skipped
+        for name in (rel.replace(os.sep, "/"), path):
+            if name in skipped:
+                used.add(name)
+                return False
+        return True
 
-    return dataclasses.replace(
-        index,
-        train=tuple(s for s in index.train if keep(s[0])),
-        val=tuple(s for s in index.val if keep(s[0])),
-    )
+    train = tuple(s for s in index.train if keep(s[0]))
+    val = tuple(s for s in index.val if keep(s[0]))
+    notes = index.notes
+    unmatched = sorted(skipped - used)
+    if unmatched:
+        notes += (
+            f"{len(unmatched)} of the {len(skipped)} skip-list entries name no file of "
+            f"{printable(str(index.root))} (first: '{printable(unmatched[0])}'); was "
+            f"data.skip_list written for another dataset?",
+        )
+    return dataclasses.replace(index, train=train, val=val, notes=notes)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rn50.checkpoint import check_classes, load_checkpoint
+from rn50.checkpoint import check_classes, load_checkpoint, load_weights
 from rn50.config import Config, from_dict
 from rn50.data.schedule import eval_resolution
 from rn50.errors import CheckpointError, UserError
@@ -44,7 +44,8 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Config, Model
     """A checkpoint -> (model in eval mode on the CPU, its config, classes and preprocessing).
 
     Raises CheckpointError with one line for a file that is not an rn50 checkpoint, has no
-    class list (an initial_model.pth), or whose weights do not fit its class count.
+    class list (an initial_model.pth), or whose weights do not fit its class count (see
+    rn50.checkpoint.load_weights, which also accepts DDP / torch.compile name prefixes).
     """
     from rn50.model import build_model
 
@@ -63,14 +64,11 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Config, Model
             f"the checkpoint is damaged"
         )
     model = build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), "")
-        raise CheckpointError(
-            f"'{path}': the weights do not fit {cfg.model.arch} with "
-            f"{cfg.model.num_classes} classes ({detail[:160]})"
-        ) from None
+    load_weights(
+        model, state["model"], path,
+        f"the checkpoint is damaged or not for {cfg.model.arch} with {cfg.model.num_classes} "
+        f"classes",
+    )  # fmt: skip
     model.eval()
     info = ModelInfo(
         arch=cfg.model.arch,

@@ -3,7 +3,7 @@
 from rn50 import distributed as dist
 from rn50.config import DataConfig, check_data_dir
 from rn50.data.index_cache import load_dataset_index
-from rn50.data.layout import DatasetIndex
+from rn50.data.layout import DatasetIndex, classes_without_val, index_warnings
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import eval_resolution
 from rn50.data.skiplist import apply_skip_list, read_skip_list
@@ -11,21 +11,36 @@ from rn50.errors import ConfigError, DataError
 from rn50.train.runtime import Runtime
 
 
-def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
+def load_index(cfg: DataConfig, num_classes: int | None) -> DatasetIndex:
     """Find the dataset (data.data_dir, minus data.skip_list) and check it against
-    model.num_classes.
+    model.num_classes (None: the caller compares classes itself).
 
     Raises ConfigError (missing folder, another class count) or DataError (no dataset there).
     """
     index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
         index = apply_skip_list(index, read_skip_list(cfg.skip_list))
-    if len(index.classes) != num_classes:
+    if num_classes is not None and len(index.classes) != num_classes:
         raise ConfigError(
             f"model.num_classes is {num_classes} but {index.root} has {len(index.classes)} "
             f"classes; set model.num_classes={len(index.classes)}"
         )
     return index
+
+
+def warn_about_index(index: DatasetIndex, warn, val: bool = True) -> None:
+    """Name, through `warn`, what indexing set aside or had to guess (index_warnings) and,
+    with `val`, the classes with no val image (their accuracy cannot be measured)."""
+    for line in index_warnings(index):
+        warn(line)
+    missing = classes_without_val(index) if val else []
+    if missing:
+        shown = ", ".join(f"'{c}'" for c in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        warn(
+            f"{len(missing)} class(es) have no val images ({shown}{more}): their val accuracy "
+            f"cannot be measured; add val/<class>/ images (rn50 data check lists them)"
+        )
 
 
 def eval_loader(cfg: DataConfig, index: DatasetIndex, rt: Runtime):

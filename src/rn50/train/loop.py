@@ -16,6 +16,7 @@ from rn50.checkpoint import (
     epoch_path,
     last_path,
     load_resume_state,
+    match_classes,
     save_checkpoint,
 )
 from rn50.config import Config
@@ -29,7 +30,7 @@ from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
 from rn50.preempt import Preempted, SignalGuard
 from rn50.runlog import RunLog
 from rn50.train.evaluate import evaluate
-from rn50.train.loaders import eval_loader, load_index, train_loader
+from rn50.train.loaders import eval_loader, load_index, train_loader, warn_about_index
 from rn50.train.lr_finder import choose_max_lr
 from rn50.train.records import Records, epoch_record
 from rn50.train.resume import (
@@ -67,6 +68,7 @@ class Trainer:
         log.log(f"Dataset: {self.index.root} ({self.index.layout} layout)")
         log.log(f"Number of training samples: {len(self.index.train)}")
         log.log(f"Number of validation samples: {len(self.index.val)}")
+        warn_about_index(self.index, log.warn)
         accum, world = cfg.train.accum_steps, dist.world_size()
         # Images per optimizer step, over all ranks: what the LR and the schedule are set for.
         self.global_batch = cfg.data.batch_size * world * accum
@@ -83,12 +85,16 @@ class Trainer:
         self.use_resolution(resolution_at(1, cfg.data))
         self.val_data = eval_loader(cfg.data, self.index, rt)
         if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
-            initial_weights(model, cfg.train, log)
+            initial_weights(model, cfg.train, log, self.index.classes)
         model.to(rt.device, memory_format=rt.memory_format)
         found = find_resume_state(self.run_dir, log.warn) if cfg.train.resume else None
         saved = found[1] if found else None
         if saved is not None:
             check_classes(saved, cfg.model.num_classes, found[0])
+            match_classes(
+                saved, self.index.classes, found[0],
+                "train on the dataset it was trained on, or use a new train.checkpoint_dir",
+            )  # fmt: skip
         if cfg.optim.max_lr == "auto":  # rank 0 runs the range test; all use its answer
             lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
             cfg.optim.max_lr = dist.broadcast_object(lr)
@@ -195,8 +201,15 @@ class Trainer:
             for _, _, bad in group:
                 bad_files.note(bad, meter)
             # BatchNorm cannot train on fewer than 2 images; DDP needs every rank in the step.
-            if not dist.all_true(all(len(targets) >= 2 for _, targets, _ in group)):
+            fewest = min(len(targets) for _, targets, _ in group)
+            if not dist.all_true(fewest >= 2):
                 self.scheduler.step()
+                where = "a batch" if fewest < 2 else "a batch of another process"
+                self.records.skipped_step(
+                    epoch, step,
+                    f"{where} held fewer than 2 images after unreadable files were left out "
+                    f"(BatchNorm trains on 2 or more)",
+                )  # fmt: skip
                 continue
             batches = [to_device(x, y, rt.device, rt.channels_last) for x, y, _ in group]
             targets = torch.cat([y for _, y in batches])
@@ -238,7 +251,7 @@ class Trainer:
         # rank 0's everywhere. The plain module: evaluation needs no DDP.
         dist.broadcast_buffers(self.module)
         report = self.records.reporter("val", len(self.val_data))
-        val = evaluate(self.module, self.val_data, self.rt, report)
+        val = evaluate(self.module, self.val_data, self.rt, report, self.log.warn)
         if self.ema is None:
             return val, None
         self.train_data.sampler.set_epoch(epoch)  # this epoch's first batches again
@@ -247,6 +260,7 @@ class Trainer:
         )
         dist.broadcast_buffers(self.ema.module)
         report = self.records.reporter("val (EMA)", len(self.val_data))
+        # The same files as the pass above: they were named there.
         return evaluate(self.ema.module, self.val_data, self.rt, report), val
 
     def end_epoch(

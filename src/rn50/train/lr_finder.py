@@ -36,7 +36,7 @@ from torch import nn
 from rn50.config import Config, LRFinderConfig
 from rn50.data.batch import to_device
 from rn50.optim import build_optimizer
-from rn50.train.loaders import load_index, train_loader
+from rn50.train.loaders import load_index, train_loader, warn_about_index
 from rn50.train.resume import initial_weights
 from rn50.train.runtime import Runtime, make_runtime
 from rn50.train.step import allow_skipped_steps, train_step
@@ -297,9 +297,10 @@ def lr_find(cfg: Config) -> Result:
     rt = make_runtime(cfg)
     index = load_index(cfg.data, cfg.model.num_classes)
     log = ConsoleLog()
+    warn_about_index(index, log.warn, val=False)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
-    initial_weights(model, cfg.train, log)
+    initial_weights(model, cfg.train, log, index.classes)
     model.to(rt.device, memory_format=rt.memory_format)
     loader = train_loader(cfg.data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)

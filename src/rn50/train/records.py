@@ -42,18 +42,26 @@ class Records:
             info = run_info(self.rt.device, dist.world_size(), where)
             write_run_info(self.run_dir, info)
 
-    def record_step(self) -> tuple[float, float]:
+    def record_step(self, skipped: str = "") -> tuple[float, float]:
         """Append the LR and momentum the latest optimizer step used to steps.jsonl; returns
-        them. (The optimizer already holds the next step's: the schedule moved after it.)"""
+        them. (The optimizer already holds the next step's: the schedule moved after it.)
+        `skipped`: why that step changed no weight (the line then says so)."""
         used = self.step_values
         self.step_values = current_lr(self.optimizer), current_momentum(self.optimizer)
         step = self.scheduler.last_epoch
-        # A batch too small to train on moves the schedule without a call here: the step
-        # after it has no known value, and the curve has a two-step gap.
+        # After a resume the first step's values are known only from here on: a line per
+        # step that follows the last recorded one, never a guess.
         if step == self.recorded_step + 1:
-            self.log.append_step({"step": step, "lr": used[0], "momentum": used[1]})
+            line = {"step": step, "lr": used[0], "momentum": used[1]}
+            self.log.append_step({**line, "skipped": skipped} if skipped else line)
         self.recorded_step = step
         return used
+
+    def skipped_step(self, epoch: int, step: int, reason: str) -> None:
+        """A step the loop skipped without training (the schedule still moved): a warning
+        naming it and its steps.jsonl line, with "skipped": `reason`."""
+        self.log.warn(f"epoch {epoch} step {step}: step skipped: {reason}")
+        self.record_step(skipped=reason)
 
     def after_step(self, report: Reporter, images: int) -> None:
         """The LR/momentum series, the progress display and, at its report points, TensorBoard."""

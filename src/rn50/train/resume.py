@@ -16,6 +16,8 @@ from rn50 import distributed as dist
 from rn50.checkpoint import (
     load_checkpoint,
     load_resume_state,
+    load_weights,
+    match_classes,
     plain_state,
     save_checkpoint,
 )
@@ -43,22 +45,20 @@ class Resumed:
     meter_sums: torch.Tensor | None
 
 
-def initial_weights(model: nn.Module, cfg: TrainConfig, log) -> None:
+def initial_weights(model: nn.Module, cfg: TrainConfig, log, classes=None) -> None:
     """Load the saved initial weights (train.initial_model_path, default the run dir's
-    initial_model.pth), or save these ones on the first start.
+    initial_model.pth), or save these ones on the first start. `classes`: the dataset's
+    class ids, which a file that stores its own (a trained checkpoint) must equal.
 
-    Raises CheckpointError when the file does not fit the model.
+    Raises CheckpointError when the file does not fit the model or the classes.
     """
     path = Path(cfg.initial_model_path or Path(cfg.checkpoint_dir) / "initial_model.pth")
     if path.exists():
         state = load_checkpoint(path)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise CheckpointError(
-                f"initial weights '{path}' do not fit model.arch/num_classes; delete the file or "
-                f"set train.initial_model_path to another path"
-            ) from None
+        fix = "delete the file or set train.initial_model_path to another path"
+        if classes is not None:
+            match_classes(state, classes, path, fix)
+        load_weights(model, state["model"], path, f"check model.arch/num_classes, or {fix}")
         log.log(f"Loaded initial weights from {path}")
     elif dist.is_main():
         save_checkpoint({"model": model.state_dict()}, path)
@@ -157,8 +157,9 @@ def restore(run, path: Path, state: dict, log) -> Resumed:
             f"{planned} (train.epochs or the training images changed); restore them or use "
             f"a new train.checkpoint_dir"
         )
-    run.module.load_state_dict(state.get("train_model", state["model"]))
-    restore_ema(run.ema, state, log)
+    fix = "resume with the config it was trained with, or use a new train.checkpoint_dir"
+    load_weights(run.module, state.get("train_model", state["model"]), path, fix)
+    restore_ema(run.ema, state, path, log)
     load_optimizer_state(run.optimizer, state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
@@ -178,14 +179,15 @@ def restore(run, path: Path, state: dict, log) -> Resumed:
     return Resumed(progress, step, sums)
 
 
-def restore_ema(ema, state: dict, log) -> None:
+def restore_ema(ema, state: dict, path: Path, log) -> None:
     """The average where the checkpoint has one; else it restarts from the raw weights."""
     if ema is None:
         return
+    fix = "resume with the config it was trained with, or use a new train.checkpoint_dir"
+    load_weights(ema.module, state["model"], path, fix)
     if "train_model" in state:
-        ema.load_state_dict({"module": state["model"], "steps": state["ema_steps"]})
+        ema.steps = state["ema_steps"]
     else:
-        ema.module.load_state_dict(state["model"])
         log.log("train.ema: the checkpoint has no average; it starts from its weights")
 
 

@@ -96,6 +96,11 @@ class DatasetReport:
     """classes whose train images are all unreadable."""
     has_val: bool
     """False when the dataset has no labelled val split (not an error: training still runs)."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(path, why) of entries not indexed (DatasetIndex.skipped): link loops, broken links,
+    folders that cannot be listed, image names on FIFOs or devices, odd names, ..."""
+    notes: list[str] = field(default_factory=list)
+    """labels the index had to choose and near-identical class names (DatasetIndex.notes)."""
     seconds: float = 0.0
     """wall-clock time the scan took, in seconds."""
     files: int = field(init=False)
@@ -107,7 +112,9 @@ class DatasetReport:
     @property
     def has_errors(self) -> bool:
         """True when training on this dataset as it is would skip data or miss classes."""
-        return bool(self.errors or self.missing_val or self.empty_train)
+        return bool(
+            self.errors or self.missing_val or self.empty_train or self.skipped or self.notes
+        )
 
     def to_json(self) -> dict:
         """The whole report as JSON-ready values (every path, every class)."""
@@ -122,6 +129,8 @@ class DatasetReport:
             "formats": self.formats,
             "missing_val": self.missing_val,
             "empty_train": self.empty_train,
+            "skipped": [{"path": p, "why": why} for p, why in self.skipped],
+            "notes": self.notes,
             "errors": [dataclasses.asdict(r) for r in self.errors],
             "warnings": {
                 kind: [dataclasses.asdict(r) for r in reps] for kind, reps in self.warnings.items()
@@ -212,7 +221,8 @@ def format_report(report: DatasetReport, max_paths: int = 10) -> str:
     )
 
     lines.append("")
-    n_errors = len(report.errors) + len(report.missing_val) + len(report.empty_train)
+    n_errors = (len(report.errors) + len(report.missing_val) + len(report.empty_train)
+                + len(report.skipped) + len(report.notes))
     lines.append(f"Errors: {n_errors}")
     if report.errors:
         lines.append(f"  {len(report.errors)} unreadable file(s) (write --skip-list FILE and set "
@@ -225,6 +235,13 @@ def format_report(report: DatasetReport, max_paths: int = 10) -> str:
         lines.append(f"  {len(report.missing_val)} class(es) with no readable val image "
                      f"(their val accuracy cannot be measured):")
         lines += _listing(report.missing_val, max_paths)
+    if report.skipped:
+        lines.append(f"  {len(report.skipped)} entr{'y' if len(report.skipped) == 1 else 'ies'} "
+                     f"not indexed (training leaves them out):")
+        lines += _listing([f"{p}: {why}" for p, why in report.skipped], max_paths)
+    if report.notes:
+        lines.append(f"  {len(report.notes)} label problem(s) (training warns about them):")
+        lines += _listing(report.notes, max_paths)
 
     lines.append("")
     n_warned = len({r.path for reps in report.warnings.values() for r in reps})

@@ -44,7 +44,7 @@ from PIL import ImageFile, UnidentifiedImageError
 
 from rn50.data.check.report import DatasetReport, DuplicateGroup, FileReport, _Progress
 from rn50.data.image import LargeImageWarning, open_pil, orientation, to_rgb
-from rn50.data.layout import DatasetIndex
+from rn50.data.layout import DatasetIndex, printable
 from rn50.errors import one_line
 from rn50.resources import available_cpus
 
@@ -254,6 +254,8 @@ def check_dataset(
         else [],
         empty_train=[c for c, n in zip(index.classes, readable_train, strict=True) if n == 0],
         has_val=has_val,
+        skipped=[(printable(rel(p)), why) for p, why in index.skipped],
+        notes=list(index.notes),
         seconds=time.monotonic() - start,
     )
 

@@ -270,6 +270,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
+        """The whole config as YAML (what the run dir's config.yaml holds)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 

@@ -31,10 +31,12 @@ def _active() -> bool:
 
 
 def rank() -> int:
+    """This process's rank, 0 to world_size() - 1 (0 without torchrun)."""
     return dist.get_rank() if _active() else 0
 
 
 def world_size() -> int:
+    """The number of processes of the run (1 without torchrun)."""
     return dist.get_world_size() if _active() else 1
 
 
@@ -44,6 +46,7 @@ def local_rank() -> int:
 
 
 def backend() -> str:
+    """The process group's backend ("nccl", "gloo"), or "none" without one."""
     return dist.get_backend() if _active() else "none"
 
 

@@ -53,9 +53,11 @@ class ModelEMA:
         torch._foreach_lerp_(floats, targets, weight)
 
     def state_dict(self) -> dict:
+        """{"module": the averaged weights' state_dict, "steps": optimizer steps seen}."""
         return {"module": self.module.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned."""
         self.module.load_state_dict(state["module"])
         self.steps = state["steps"]
 

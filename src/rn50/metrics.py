@@ -54,6 +54,7 @@ class Meter:
 
     @property
     def skipped(self) -> int:
+        """Files left out so far as unreadable."""
         return int(self.sums[4])
 
     def all_reduce(self) -> "Meter":
@@ -63,6 +64,7 @@ class Meter:
 
     @property
     def count(self) -> int:
+        """Images scored so far."""
         return int(self.sums[3])
 
     def summary(self) -> dict[str, float]:

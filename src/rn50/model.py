@@ -54,6 +54,8 @@ class BlurPoolConv2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N x C x H x W -> the wrapped convolution of x blurred (same size as without the
+        blur)."""
         blurred = F.conv2d(x, self.blur_filter, stride=1, padding=1, groups=self.conv.in_channels)
         return self.conv(blurred)
 
@@ -94,4 +96,5 @@ def model_summary(cfg: ModelConfig, batch_size: int, resolution: int) -> str:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of scalars in `model`'s parameters (buffers not counted)."""
     return sum(p.numel() for p in model.parameters())

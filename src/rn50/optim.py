@@ -186,10 +186,12 @@ def build_scheduler(
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The LR the optimizer's next step uses (its first parameter group's)."""
     return optimizer.param_groups[0]["lr"]
 
 
 def current_momentum(optimizer: torch.optim.Optimizer) -> float:
+    """The momentum of the next step (0.0 for an optimizer without one)."""
     return optimizer.param_groups[0].get("momentum", 0.0)
 
 

@@ -27,6 +27,7 @@ class SignalGuard:
 
     @property
     def name(self) -> str:
+        """The received signal's name ("SIGTERM"), or "" when none arrived."""
         return signal.Signals(self.received).name if self.received else ""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

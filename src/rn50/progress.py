@@ -52,6 +52,7 @@ def format_eta(seconds: float) -> str:
 
 
 def isatty(stream: IO[str]) -> bool:
+    """Whether `stream` is an interactive terminal (False where it cannot tell)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -167,6 +168,7 @@ class Reporter:
         return snap
 
     def close(self) -> None:
+        """End the display (the progress bar's last line stays)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -229,6 +231,7 @@ class Reporter:
         return "  ".join(parts)
 
     def format_line(self, s: Snapshot) -> str:
+        """One plain-text progress line of snapshot `s`: step, rates, ETA."""
         return f"  {self.label} step {s.pos}/{s.total}  {self._numbers(s)}"
 
 

@@ -59,6 +59,8 @@ def git_state(cwd: str | os.PathLike) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """{package: version} of Python, torch, torchvision, numpy, rn50, and CUDA and cuDNN where
+    present."""
     import numpy
     import torchvision
 
@@ -97,6 +99,9 @@ def cpu_name() -> str:
 
 
 def run_info(device: torch.device, world: int, resumed_from: dict | None = None) -> dict:
+    """What run_info.json holds: start time, command, working folder, git state, versions, the
+    device of `world` processes, host, and `resumed_from` (where a resumed run goes on, else
+    None)."""
     cwd = os.getcwd()
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -20,6 +20,8 @@ from rn50.runlog import read_metrics
 
 @dataclass
 class Run:
+    """One run directory as `rn50 runs` sees it: path, name, metrics.jsonl records, planned epochs
+    (None: unknown) and summary.json."""
     path: Path
     name: str
     metrics: list[dict]
@@ -130,6 +132,7 @@ COLUMNS = ("run", "epochs", "best top-1", "top-5", "time", "img/s", "cost")
 
 
 def table_rows(runs: list[Run]) -> list[tuple[str, ...]]:
+    """One row of text cells per run, in the columns of `rn50 runs`' table."""
     rows = []
     for r in runs:
         s = r.summary

@@ -88,6 +88,7 @@ class Board:
         w.flush()
 
     def close(self) -> None:
+        """Flush and close the event file (nothing to do when TensorBoard is off)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -41,6 +41,7 @@ SETTLE_S = 2.0
 
 
 def cache_dir() -> Path:
+    """Where index caches are kept: $RN50_CACHE_DIR, else $XDG_CACHE_HOME/rn50 or ~/.cache/rn50."""
     if os.environ.get("RN50_CACHE_DIR"):
         return Path(os.environ["RN50_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -138,6 +138,7 @@ class Sweep:
     stop_reason: str = "finished"
 
     def smoothed(self, beta: float) -> list[float]:
+        """The losses after the bias-corrected moving average of factor `beta`."""
         return smooth(self.losses, beta)
 
 

@@ -593,7 +593,7 @@ BOUNDS: dict[str, Bound] = {
     "lr_finder.end_lr": Bound(0, 1000, lo_open=True),
     "lr_finder.num_iter": Bound(10, 1_000_000),
     "lr_finder.smooth_beta": Bound(0, 1, hi_open=True),
-    "lr_finder.diverge_factor": Bound(1, 1e6, lo_open=True),
+    "lr_finder.diverge_factor": Bound(1, 1e12, lo_open=True),  # 1e9: never stop early
     "lr_finder.min_divisor": Bound(1, 1e6),
     "lr_finder.edge_rise": Bound(0, 1000, lo_open=True),
     "lr_finder.divergence_divisor": Bound(1, 1e6),

@@ -3,12 +3,15 @@
 import torch
 from torch import nn
 
+from rn50 import distributed as dist
 from rn50.checkpoint import check_classes
 from rn50.config import Config
+from rn50.data.auto import resolve_data
 from rn50.data.batch import to_device
 from rn50.metrics import Meter
 from rn50.model import build_model
 from rn50.progress import Reporter, make_reporter
+from rn50.resources import note
 from rn50.train.loaders import eval_loader, load_index
 from rn50.train.runtime import Runtime, autocast, make_runtime
 
@@ -50,5 +53,6 @@ def evaluate_checkpoint(state: dict, path: str, cfg: Config) -> dict:
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
     model.to(rt.device, memory_format=rt.memory_format)
-    loader = eval_loader(cfg.data, index, rt)
+    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
+    loader = eval_loader(resolve_data(cfg.data, rt.device, say=say), index, rt)
     return evaluate(model, loader, rt, make_reporter(cfg.train, "val", len(loader)))

@@ -291,6 +291,7 @@ def lr_find(cfg: Config) -> Result:
     The initial weights are the run's own (initial_model_path, saved here if new), so the
     training that follows starts from exactly the weights the sweep started from.
     """
+    from rn50.data.auto import resolve_data
     from rn50.model import build_model
     from rn50.runlog import ConsoleLog
 
@@ -301,7 +302,8 @@ def lr_find(cfg: Config) -> Result:
     model = build_model(cfg.model)
     initial_weights(model, cfg.train, log)
     model.to(rt.device, memory_format=rt.memory_format)
-    loader = train_loader(cfg.data, index, cfg.train.seed, rt)
+    data = resolve_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
+    loader = train_loader(data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)
 
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from rn50 import resources
 from rn50.config import DataConfig
-from rn50.resources import available_cpus, local_processes
 
 # `cpu` mode, images/s per worker on the H200 machine's cores (16 workers on 16 cores, 512
 # ImageNet-like 500x375 JPEGs): 7,105.3 / 16 at 224 px, 11,044.7 / 16 at 192 px.
@@ -118,7 +118,7 @@ def about(x: float) -> str:
 
 def auto_workers() -> tuple[int, str]:
     """(workers, the line saying why) for `data.workers: auto`."""
-    cpus, procs = available_cpus(), local_processes()
+    cpus, procs = resources.available_cpus(), resources.local_processes()
     share = max(1, cpus // procs)
     workers = max(1, share - 1)
     cores = f"{cpus} CPU{'s' if cpus != 1 else ''} for {procs} process{'es' if procs > 1 else ''}"
@@ -138,8 +138,9 @@ def auto_decode(workers: int, resolution: int, device: torch.device,
     step, card = step_rate(name, resolution, compiled)
     gpu = f"this GPU ({name}{'' if card in name.upper() else f', not measured: the {card} rate'})"
     what = "compiled model step" if compiled else "model step"
-    said = (f"{workers} worker{'s decode' if workers != 1 else ' decodes'} about {about(cpu)} "
-            f"img/s at {resolution} px")
+    who = {0: "the training process decodes", 1: "1 worker decodes"}.get(
+        workers, f"{workers} workers decode")
+    said = f"{who} about {about(cpu)} img/s at {resolution} px"
     if cpu >= step:
         return "cpu", f"data.decode auto -> cpu: {said}, enough for the {what}'s ~{about(step)} " \
             f"img/s on {gpu}"

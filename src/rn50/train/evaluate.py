@@ -50,9 +50,10 @@ def evaluate_checkpoint(state: dict, path: str, cfg: Config) -> dict:
     rt = make_runtime(cfg)
     check_classes(state, cfg.model.num_classes, path)
     index = load_index(cfg.data, cfg.model.num_classes)
+    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
+    data = resolve_data(cfg.data, rt.device, say=say)
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
     model.to(rt.device, memory_format=rt.memory_format)
-    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
-    loader = eval_loader(resolve_data(cfg.data, rt.device, say=say), index, rt)
+    loader = eval_loader(data, index, rt)
     return evaluate(model, loader, rt, make_reporter(cfg.train, "val", len(loader)))

@@ -298,11 +298,11 @@ def lr_find(cfg: Config) -> Result:
     rt = make_runtime(cfg)
     index = load_index(cfg.data, cfg.model.num_classes)
     log = ConsoleLog()
+    data = resolve_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     initial_weights(model, cfg.train, log)
     model.to(rt.device, memory_format=rt.memory_format)
-    data = resolve_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
     loader = train_loader(data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)
 

@@ -106,13 +106,15 @@ def bad_values(tp) -> list[str]:
         return NOT_NUMBERS + NON_FINITE + ["1.5", "2.0", "-1e-3"]
     if tp is float or tp == (float | str):
         return ["[1]", "{a: 1}", "true"] + NON_FINITE + (["abc"] if tp is float else [])
+    if tp == (int | str):  # a count or auto
+        return ["[1]", "{a: 1}", "abc", "true", "''", "1.5", "-1", "Auto"] + NON_FINITE
     if tp is bool:
         return ["[1]", "{a: 1}", "1", "nan", "1e308", "maybe", "''"]
     return ["[1]", "{a: 1}", "x" * 5000, '"a\\0b"', '"two\\nlines"']  # str
 
 
 def test_every_number_key_has_a_bound():
-    numbers = {k for k, tp in config_keys() if tp in (int, float, float | str)}
+    numbers = {k for k, tp in config_keys() if tp in (int, float, float | str, int | str)}
     assert numbers == set(BOUNDS)
 
 
@@ -170,6 +172,7 @@ def test_non_finite_numbers_say_finite():
     ("data.decode", DECODE_MODES), ("optim.anneal_strategy", ANNEAL),
     ("lr_finder.rule", RULES), ("train.device", ("auto", "cpu", "cuda:1")),
     ("optim.max_lr", ("auto",)), ("model.arch", ("on", "yes", "no")),
+    ("data.workers", ("auto",)), ("data.decode", ("auto",)),
     ("data.data_dir", ("off", "no", "2024", "1e3", "true")),
     ("data.skip_list", ("off", "null.txt")),
     ("train.checkpoint_dir", ("on", "0")), ("train.initial_model_path", ("yes",)),

@@ -75,7 +75,7 @@ def test_round_trip_through_dict():
         ("optim.base_momentum=0.99", "optim.base_momentum must not exceed optim.max_momentum"),
         ("max_lr=1", "--set expects SECTION.KEY=VALUE"),
         ("optim.final_div_factor=1e-4", "optim.final_div_factor must be at least 1"),
-        ("data.decode=nvjpeg", "data.decode must be one of cpu, gpu, pil, got 'nvjpeg'"),
+        ("data.decode=nvjpeg", "data.decode must be one of auto, cpu, gpu, pil, got 'nvjpeg'"),
         ("data.decode_ahead=-1", "data.decode_ahead must be 0 or more, got -1"),
     ],
 )

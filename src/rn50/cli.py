@@ -42,9 +42,9 @@ def check_run_files(cfg, writes_run_dir: bool = True) -> None:
     when set, a loadable checkpoint or a file that can be written; train.checkpoint_dir (when
     the command writes there) a folder that can be written. Raises UserError with one line.
     """
-    from rn50.config import DataConfig, check_data_dir
+    from rn50.config import check_data_dir
     from rn50.paths import check_input_file, check_output_dir, check_output_file
-    from rn50.resources import cap_workers, note
+    from rn50.resources import cap_workers, local_processes, note
 
     check_data_dir(cfg.data)
     if cfg.data.skip_list:
@@ -62,11 +62,11 @@ def check_run_files(cfg, writes_run_dir: bool = True) -> None:
             load_checkpoint(check_input_file(initial, "train.initial_model_path", hint))
         elif initial:
             check_output_file(initial, "train.initial_model_path")
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun's processes here
-    # A line when a value the user chose is lowered (rank 0 only); the default, silently.
-    chosen = cfg.data.workers != DataConfig.workers and os.environ.get("RANK", "0") == "0"
-    cfg.data.workers = cap_workers(cfg.data.workers, "data.workers", share=local,
-                                   say=note if chosen else None)
+    if cfg.data.workers != "auto":  # auto: rn50.data.auto chooses within the share
+        # A line when the count the user chose is lowered (rank 0 only).
+        chosen = os.environ.get("RANK", "0") == "0"
+        cfg.data.workers = cap_workers(cfg.data.workers, "data.workers",
+                                       share=local_processes(), say=note if chosen else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -423,7 +423,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rn50.bench.run import run_bench
     from rn50.config import load_config
     from rn50.paths import check_input_file
-    from rn50.resources import cap_workers
+    from rn50.resources import cap_workers, note
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
@@ -432,7 +432,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          text=True)
     # --from needs no device: only the run's length, schedule and price are read from cfg.
     device = "cpu" if args.from_file else resolve_device(args.device or cfg.train.device)
-    plan = default_plan(cfg, torch.device(device), args.full)
+    plan = default_plan(cfg, torch.device(device), args.full,
+                        say=None if args.from_file else note)
     changes = {
         "batch_sizes": args.batch_sizes and parse_list(args.batch_sizes, int, "--batch-sizes"),
         "precisions": args.precisions

@@ -37,8 +37,10 @@ class DataConfig:
     step is batch_size x devices (torchrun processes) x train.accum_steps."""
     eval_batch_size: int = 0
     """images per validation batch; 0 means 2 x batch_size."""
-    workers: int = 8
-    """data-loading processes per device; 0 decodes in the training process."""
+    workers: int | str = "auto"
+    """data-loading processes per device; 0 decodes in the training process; auto: this
+    process's share of the CPUs it may use (its affinity mask, divided among torchrun's local
+    processes), less one kept for the training loop (rn50.data.auto)."""
     resolution: int = 224
     """side of the square training and validation crop, in pixels."""
     eval_resolution: int = 0
@@ -67,11 +69,14 @@ class DataConfig:
     more than 10 files) stops the run: a silently corrupted dataset is an error, not noise."""
     skip_list: str = ""
     """file listing images to leave out (written by rn50 data check --skip-list); empty: none."""
-    decode: str = "cpu"
-    """where images are decoded: cpu (workers decode JPEGs with libjpeg-turbo, DCT-scaled to the
-    crop, and crop/resize/flip in uint8), gpu (workers only read the files; the training device
-    decodes the batch, with nvJPEG on CUDA, and crops/resizes/flips it), or pil (PIL and
-    torchvision's transforms: the plain reference path). All three give the same crops."""
+    decode: str = "auto"
+    """where images are decoded: auto (below), cpu (workers decode JPEGs with libjpeg-turbo,
+    DCT-scaled to the crop, and crop/resize/flip in uint8), gpu (workers only read the files;
+    the training device decodes the batch, with nvJPEG on CUDA, and crops/resizes/flips it),
+    or pil (PIL and torchvision's transforms: the plain reference path). All three give the
+    same crops. auto: cpu without CUDA; on a GPU, gpu where the workers decode fewer images/s
+    than the GPU's model step and the GPU decoder more, else cpu (the measured rates it
+    compares: rn50.data.auto)."""
     decode_ahead: int = 2
     """decode gpu: batches decoded ahead in a background thread, so the device decodes the next
     batch while the model trains on this one; 0: decode between steps."""
@@ -690,7 +695,10 @@ def validate(cfg: Config) -> None:
         "must be false with optim.max_lr: auto (the range test already measures the LR for "
         "this batch)",
     )
-    _one_of(d.decode, "data.decode", DECODE_MODES)
+    _one_of(d.decode, "data.decode", ("auto", *DECODE_MODES))
+    if isinstance(d.workers, str):
+        _check(d.workers == "auto", "data.workers",
+               f"must be auto or a whole number of 0 or more, got {excerpt(d.workers)}")
 
 
 def check_data_dir(cfg: DataConfig) -> Path:

@@ -22,6 +22,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def local_processes() -> int:
+    """Processes of this run on this machine that each start data workers: torchrun's
+    LOCAL_WORLD_SIZE (one per local GPU), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    except ValueError:  # not torchrun's: a single process
+        return 1
+
+
 def note(message: str) -> None:
     """One line on stderr (stdout stays the command's result: a table, JSON)."""
     print(f"rn50: note: {message}", file=sys.stderr, flush=True)

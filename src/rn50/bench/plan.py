@@ -4,7 +4,7 @@ the run's resolution per epoch, and the comma-separated lists of its flags."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -58,10 +58,17 @@ class BenchPlan:
     threads: int = 0  # torch's CPU threads in this process; 0: torch's default
 
 
-def default_plan(cfg: Config, device: torch.device, full: bool = False) -> BenchPlan:
+def default_plan(
+    cfg: Config, device: torch.device, full: bool = False, say: Callable[[str], None] | None = None
+) -> BenchPlan:
     """The matrix for `cfg` on `device`: small on a CPU (its steps are slow), all of it with
-    `full` (fp16 on a CPU is emulated and slow; compilation takes minutes)."""
+    `full` (fp16 on a CPU is emulated and slow; compilation takes minutes). The end-to-end
+    run's workers and decode mode are the config's, `auto` resolved as training resolves it
+    (rn50.data.auto; each choice's line through `say`)."""
+    from rn50.data.auto import resolve_data
+
     cores = available_cpus()
+    data = resolve_data(cfg.data, device, cfg.train.compile, say)
     cuda = device.type == "cuda"
     precisions = list(PRECISIONS if full else ("fp32", "bf16"))
     if cuda and not torch.cuda.is_bf16_supported():  # e.g. a T4: fp16 is its fast format
@@ -82,11 +89,11 @@ def default_plan(cfg: Config, device: torch.device, full: bool = False) -> Bench
         warmup=2 if cuda else 1,
         data_batch_size=min(cfg.data.batch_size, 32),
         e2e_steps=20 if cuda else 4,
-        e2e_workers=min(cfg.data.workers, cores),
+        e2e_workers=min(data.workers, cores),
         # decode gpu on a CPU runs the device half on the host: tested, but slow and beside
         # the point there, so only the full matrix measures it.
         modes=DATA_MODES if cuda or full else tuple(m for m in DATA_MODES if m != "gpu"),
-        decode=cfg.data.decode,
+        decode=data.decode,
         decode_ahead=cfg.data.decode_ahead,
         min_scale=cfg.data.min_scale,
         epochs=cfg.train.epochs,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from rn50.config import DECODE_MODES
+from rn50.data.auto import resolve_data
 from rn50.data.decode import FastEvalTransform, FastTrainTransform, read_bytes
 from rn50.data.gpu import DeviceDecodeLoader, GpuEvalPrep, GpuTrainPrep, collate_encoded
 from rn50.data.image import load_rgb
@@ -68,8 +69,10 @@ def make_loader(
     Either way the training loop iterates Batch(images, targets, bad) and calls
     `loader.sampler.set_epoch(...)`; `rn50.data.batch.to_device` copies (a no-op for gpu)
     and normalizes. `resolution` overrides cfg.resolution (progressive resizing, a separate
-    validation resolution).
+    validation resolution). data.workers and data.decode `auto` are resolved by
+    rn50.data.auto (the commands resolve them first, with train.compile, and log the choice).
     """
+    cfg = resolve_data(cfg, device)
     read, transform, collate = transforms_for(
         cfg.decode, train, resolution or cfg.resolution, cfg.min_scale, cfg.hflip, cfg.crop_ratio
     )

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from rn50.config import Config, check_data_dir
+from rn50.data.auto import resolve_data
 from rn50.data.batch import channel_statistics, to_device
 from rn50.data.layout import find_dataset, index_warnings
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import resolution_at
 from rn50.errors import DataError, UserError
+from rn50.resources import note
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +49,16 @@ def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tupl
         warn(line)
     if not index.train:
         raise DataError(f"no training images in {index.root}")
-    # One batch: starting worker processes would take longer than decoding it.
-    data = dataclasses.replace(cfg.data, workers=0)
+    # decode auto as training resolves it (rn50.data.auto, with the run's workers); then one
+    # batch, in this process: starting worker processes would take longer than decoding it.
+    def say(line: str) -> None:
+        if line.startswith("data.decode"):  # the workers are not this command's
+            note(line)
+
+    cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
+    data = resolve_data(cfg.data, torch.device("cuda" if cuda else "cpu"), cfg.train.compile,
+                        say)
+    data = dataclasses.replace(data, workers=0)
     gpu = data.decode == "gpu" and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     loader = make_loader(

@@ -9,11 +9,13 @@ from torch import nn
 from rn50 import distributed as dist
 from rn50.checkpoint import check_classes, class_mapping, load_weights
 from rn50.config import Config
+from rn50.data.auto import resolve_data
 from rn50.data.batch import to_device
 from rn50.errors import ConfigError
 from rn50.metrics import Meter
 from rn50.model import build_model
 from rn50.progress import Reporter, make_reporter
+from rn50.resources import note
 from rn50.train.loaders import eval_loader, load_index, warn_about_index
 from rn50.train.runtime import Runtime, autocast, make_runtime
 
@@ -79,9 +81,11 @@ def evaluate_checkpoint(
         )
     if mapping is not None:
         index = dataclasses.replace(index, val=tuple((p, mapping[y]) for p, y in index.val))
+    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
+    data = resolve_data(cfg.data, rt.device, say=say)
     model = build_model(cfg.model)
     load_weights(model, state["model"], path, "evaluate it with the config it was trained with")
     model.to(rt.device, memory_format=rt.memory_format)
-    loader = eval_loader(cfg.data, index, rt)
+    loader = eval_loader(data, index, rt)
     result = evaluate(model, loader, rt, make_reporter(cfg.train, "val", len(loader)), warn)
     return {**result, "classes": "same" if mapping is None else "mapped"}

@@ -20,6 +20,7 @@ from rn50.checkpoint import (
     save_checkpoint,
 )
 from rn50.config import Config
+from rn50.data.auto import choose_data
 from rn50.data.batch import to_device
 from rn50.data.schedule import resolution_at
 from rn50.ema import ModelEMA, recompute_bn_statistics
@@ -69,6 +70,8 @@ class Trainer:
         log.log(f"Number of training samples: {len(self.index.train)}")
         log.log(f"Number of validation samples: {len(self.index.val)}")
         warn_about_index(self.index, log.warn)
+        # data.workers/decode auto: chosen once for this run's loaders, logged with why.
+        self.data_choice = choose_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
         accum, world = cfg.train.accum_steps, dist.world_size()
         # Images per optimizer step, over all ranks: what the LR and the schedule are set for.
         self.global_batch = cfg.data.batch_size * world * accum
@@ -83,7 +86,7 @@ class Trainer:
         # when it does (use_resolution); the number of steps an epoch does not depend on it.
         self.train_res: int | None = None
         self.use_resolution(resolution_at(1, cfg.data))
-        self.val_data = eval_loader(cfg.data, self.index, rt)
+        self.val_data = eval_loader(self.data_choice.data, self.index, rt)
         if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
             initial_weights(model, cfg.train, log, self.index.classes)
         model.to(rt.device, memory_format=rt.memory_format)
@@ -124,7 +127,7 @@ class Trainer:
         self.records = Records(cfg, log, rt, self.optimizer, self.scheduler)
         p, step = self.progress, self.scheduler.last_epoch
         where = {"epoch": p.epoch, "step_in_epoch": self.start_step, "global_step": step}
-        self.records.open(where if found is not None else None)
+        self.records.open(where if found is not None else None, self.data_choice.record())
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -318,7 +321,7 @@ class Trainer:
             self.log.log(f"Training resolution: {res} px (progressive resizing)")
         cfg = self.cfg
         self.train_data = train_loader(
-            cfg.data, self.index, cfg.train.seed, self.rt, cfg.train.accum_steps, res
+            self.data_choice.data, self.index, cfg.train.seed, self.rt, cfg.train.accum_steps, res
         )
         self.train_res = res
 

@@ -292,6 +292,7 @@ def lr_find(cfg: Config) -> Result:
     The initial weights are the run's own (initial_model_path, saved here if new), so the
     training that follows starts from exactly the weights the sweep started from.
     """
+    from rn50.data.auto import resolve_data
     from rn50.model import build_model
     from rn50.runlog import ConsoleLog
 
@@ -299,11 +300,12 @@ def lr_find(cfg: Config) -> Result:
     index = load_index(cfg.data, cfg.model.num_classes)
     log = ConsoleLog()
     warn_about_index(index, log.warn, val=False)
+    data = resolve_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     initial_weights(model, cfg.train, log, index.classes)
     model.to(rt.device, memory_format=rt.memory_format)
-    loader = train_loader(cfg.data, index, cfg.train.seed, rt)
+    loader = train_loader(data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)
 
 

@@ -27,8 +27,9 @@ class Records:
         """A progress display of `total` steps (`start` already done) labelled `label`."""
         return make_reporter(self.cfg.train, label, total, start, self.log.log, self.log.record)
 
-    def open(self, where: dict | None) -> None:
-        """run_info.json (`where`: the epoch/step a resumed run goes on from, else None);
+    def open(self, where: dict | None, data_auto: dict | None = None) -> None:
+        """run_info.json (`where`: the epoch/step a resumed run goes on from, else None;
+        `data_auto`: what data.workers/decode auto chose, rn50.data.auto.DataChoice.record);
         steps.jsonl cut back to where training goes on; TensorBoard."""
         from rn50.record import run_info, write_run_info
 
@@ -40,6 +41,8 @@ class Records:
         self.board = Board(self.run_dir, on, purge_step=step + 1, device=self.rt.device)
         if dist.is_main():
             info = run_info(self.rt.device, dist.world_size(), where)
+            if data_auto:
+                info["data_auto"] = data_auto
             write_run_info(self.run_dir, info)
 
     def record_step(self, skipped: str = "") -> tuple[float, float]:

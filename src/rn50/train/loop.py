@@ -3,6 +3,7 @@
 and records each live in their own module of this package."""
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -40,7 +41,8 @@ from rn50.train.resume import (
     initial_weights,
     restore,
 )
-from rn50.train.runtime import make_runtime, parallelize, precision_name
+from rn50.train.compiled import CompileWatch, eager, expected_graphs
+from rn50.train.runtime import make_runtime, parallelize, precision_name, train_resolutions
 from rn50.train.step import (
     BadFileBudget,
     BufferGuard,
@@ -93,10 +95,18 @@ class Trainer:
             lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
             cfg.optim.max_lr = dist.broadcast_object(lr)
         # A plain copy, made before compile/DDP touch the module; it starts from the initial
-        # weights and resume loads it.
+        # weights and resume loads it. It stays eager under train.compile: it only runs
+        # forward passes once an epoch (its BatchNorm recomputation, its validation), which
+        # two graphs of its own (train-mode no-grad and eval) would shorten by less than
+        # they take to compile on a short run; its update is one _foreach kernel group.
         self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
         # module: the plain network (checkpoints, evaluation); model: what a step calls (DDP).
         self.module, self.model = parallelize(model, cfg, rt)
+        # train.compile: one graph per training resolution and one for evaluation, each
+        # compiled at its first call, timed and logged there.
+        self.compiles = CompileWatch(
+            cfg.train.compile, expected_graphs(train_resolutions(cfg)), log.log, rt.device
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         optim_cfg = scaled_lr(cfg.optim, self.global_batch, log)
         self.optimizer = build_optimizer(self.module, optim_cfg, loss_scaling=rt.use_scaler)
@@ -201,10 +211,11 @@ class Trainer:
             batches = [to_device(x, y, rt.device, rt.channels_last) for x, y, _ in group]
             targets = torch.cat([y for _, y in batches])
             buffers.save()
-            loss, logits, applied = train_step(
-                self.model, batches, self.criterion, self.optimizer, self.scaler,
-                self.scheduler, rt,
-            )  # fmt: skip
+            with self.compiled_call(batches):
+                loss, logits, applied = train_step(
+                    self.model, batches, self.criterion, self.optimizer, self.scaler,
+                    self.scheduler, rt,
+                )  # fmt: skip
             if applied:
                 meter.update(loss, logits, targets)
                 if self.ema is not None:
@@ -238,7 +249,8 @@ class Trainer:
         # rank 0's everywhere. The plain module: evaluation needs no DDP.
         dist.broadcast_buffers(self.module)
         report = self.records.reporter("val", len(self.val_data))
-        val = evaluate(self.module, self.val_data, self.rt, report)
+        pad = self.val_data.batch_size if self.cfg.train.compile else 0
+        val = evaluate(self.module, self.val_data, self.rt, report, pad, self.compiles.first)
         if self.ema is None:
             return val, None
         self.train_data.sampler.set_epoch(epoch)  # this epoch's first batches again
@@ -284,6 +296,17 @@ class Trainer:
     def after_step(self, report, images: int) -> None:
         """Records of a finished optimizer step of `images` images (this rank's)."""
         self.records.after_step(report, images)
+
+    def compiled_call(self, batches):
+        """The context of a training step with train.compile: the first step at a resolution
+        is timed and its graphs counted (CompileWatch); a step with a micro-batch short of
+        data.batch_size (unreadable files left out) runs eagerly rather than compiling a
+        graph for its size."""
+        if not self.cfg.train.compile:
+            return nullcontext()
+        if any(images.shape[0] != self.cfg.data.batch_size for images, _ in batches):
+            return eager()
+        return self.compiles.first(f"{self.train_res} px (training)")
 
     def save_last(self, epoch: int, step: int, meter: Meter) -> Path | None:
         """The rolling mid-epoch checkpoint: every rank calls it at the same step (the meter's

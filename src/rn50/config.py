@@ -222,6 +222,12 @@ class TrainConfig:
     """also write last.pth every this many steps; 0: never by steps."""
     max_bad_steps: int = 20
     """stop when the loss is NaN/inf for this many steps in a row (each such step is skipped)."""
+    sync_check: str = "step"
+    """how a step refuses a NaN/inf loss: step (read on the host every step, which waits for
+    the GPU once a step) or deferred (decided on the device: the step's changes to weights,
+    momentum and BatchNorm statistics are put back there; the flags are read every log_every
+    steps (50 when 0), before a checkpoint and at the epoch's end, where skipped steps are
+    named and max_bad_steps counted)."""
 
 
 @dataclass
@@ -248,6 +254,7 @@ DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
 ANNEAL = ("cos", "linear")  # torch OneCycleLR's anneal_strategy
 RULES = ("steepest", "minimum", "edge", "divergence")
 PROGRESS = ("auto", "bar", "lines", "off")
+SYNC_CHECKS = ("step", "deferred")
 
 
 def field_docs(section_cls: type) -> dict[str, str]:
@@ -491,6 +498,8 @@ def validate(cfg: Config) -> None:
     _check(t.save_every_minutes >= 0, "train.save_every_minutes", "must be 0 or more")
     _check(t.save_every_steps >= 0, "train.save_every_steps", "must be 0 or more")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps", "must be at least 1")
+    _check(t.sync_check in SYNC_CHECKS, "train.sync_check",
+           f"must be one of {', '.join(SYNC_CHECKS)}, got '{t.sync_check}'")
     _check(t.accum_steps >= 1, "train.accum_steps", f"must be at least 1, got {t.accum_steps}")
     _check(
         not (o.scale_lr and o.max_lr == "auto"),

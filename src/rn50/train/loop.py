@@ -29,6 +29,7 @@ from rn50.model import build_model, count_parameters, model_summary
 from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
 from rn50.preempt import Preempted, SignalGuard
 from rn50.runlog import RunLog
+from rn50.train.compiled import CompileWatch, eager, expected_graphs
 from rn50.train.evaluate import evaluate
 from rn50.train.loaders import eval_loader, load_index, train_loader
 from rn50.train.lr_finder import choose_max_lr
@@ -41,12 +42,14 @@ from rn50.train.resume import (
     initial_weights,
     restore,
 )
-from rn50.train.compiled import CompileWatch, eager, expected_graphs
 from rn50.train.runtime import make_runtime, parallelize, precision_name, train_resolutions
 from rn50.train.step import (
+    DEFERRED_CHECK_EVERY,
     BadFileBudget,
     BufferGuard,
+    DeviceGuard,
     NonFiniteStreak,
+    PendingChecks,
     allow_skipped_steps,
     micro_batches,
     train_step,
@@ -187,7 +190,11 @@ class Trainer:
         # epoch, which this run's ranks share equally (whatever the world size that saved it).
         rank_images = self.global_batch // dist.world_size()  # per optimizer step
         self.train_data.sampler.set_epoch(epoch, start=start * rank_images)
-        buffers = BufferGuard(self.module)
+        # train.sync_check: step reads each step's loss check on the host (a wait for the
+        # device every step); deferred keeps it on the device and reads the flags together.
+        deferred = cfg.train.sync_check == "deferred"
+        buffers = DeviceGuard(self.module, self.optimizer) if deferred else BufferGuard(self.module)
+        pending = PendingChecks((cfg.train.log_every or DEFERRED_CHECK_EVERY) if deferred else 1)
         streak = NonFiniteStreak(cfg.train.max_bad_steps)
         bad_files = BadFileBudget(
             cfg.data.max_bad_fraction * self.steps_per_epoch * rank_images,
@@ -214,17 +221,21 @@ class Trainer:
             with self.compiled_call(batches):
                 loss, logits, applied = train_step(
                     self.model, batches, self.criterion, self.optimizer, self.scaler,
-                    self.scheduler, rt,
+                    self.scheduler, rt, buffers if deferred else None,
                 )  # fmt: skip
-            if applied:
+            if deferred:  # `applied` is on the device: the sums and the average obey it there
+                meter.update(loss, logits, targets, keep=applied)
+                if self.ema is not None:
+                    self.ema.update(self.module, keep=applied)
+            elif applied:
                 meter.update(loss, logits, targets)
                 if self.ema is not None:
                     self.ema.update(self.module)
             else:
                 buffers.restore()
-                log.warn(f"epoch {epoch} step {step}: loss is {loss.item()}; step skipped")
-            if streak.update(applied):
-                raise Diverged(self.diverged_message(epoch, step, streak.count))
+            pending.add(step, applied, loss)
+            if pending.due():
+                self.read_checks(pending, streak, epoch)
             self.after_step(report, targets.shape[0])
             # Stopping and saving involve every rank (the same step count, the meter's
             # all-reduce): they decide together, from what any of them received or timed.
@@ -236,8 +247,11 @@ class Trainer:
                     f"step {step}: saved {path}; run the same command to resume"
                 )
                 raise Preempted(guard.name)
-            if streak.count == 0 and self.saves.due(step, clock):
-                self.save_last(epoch, step, meter)
+            if self.saves.due(step, clock):
+                self.read_checks(pending, streak, epoch)  # deferred: the streak is known first
+                if streak.count == 0:
+                    self.save_last(epoch, step, meter)
+        self.read_checks(pending, streak, epoch)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         return meter.all_reduce().summary(), time.perf_counter() - t0
@@ -296,6 +310,15 @@ class Trainer:
     def after_step(self, report, images: int) -> None:
         """Records of a finished optimizer step of `images` images (this rank's)."""
         self.records.after_step(report, images)
+
+    def read_checks(self, pending: PendingChecks, streak: NonFiniteStreak, epoch: int) -> None:
+        """The loss checks of the pending steps, read on the host: each skipped step named,
+        the streak of skipped steps counted; raises Diverged at train.max_bad_steps."""
+        for step, applied, loss in pending.read():
+            if not applied:
+                self.log.warn(f"epoch {epoch} step {step}: loss is {loss}; step skipped")
+            if streak.update(applied):
+                raise Diverged(self.diverged_message(epoch, step, streak.count))
 
     def compiled_call(self, batches):
         """The context of a training step with train.compile: the first step at a resolution

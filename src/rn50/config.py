@@ -177,8 +177,10 @@ class TrainConfig:
     device (gradients are all-reduced across devices on the last one only). Keeps the global
     batch when there are fewer devices or less memory."""
     compile: bool = False
-    """torch.compile the model before DDP wraps it: faster steps after a slow first one
-    (minutes for ResNet-50); checkpoints hold the plain weights either way."""
+    """torch.compile the model before DDP wraps it, for static shapes: one graph per training
+    resolution and one for evaluation, each compiled (and logged with its time) at its first
+    step; faster steps after a slow first one (minutes for ResNet-50 on a CPU); checkpoints
+    hold the plain weights either way."""
     seed: int = 0
     """seeds the initial weights, the data order and the augmentations."""
     label_smoothing: float = 0.0

@@ -321,6 +321,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     hours x --price-per-gpu-hour x --gpus.
     Medians of --repeats runs. A CPU gets a small matrix unless --full (fp16 and compile
     there take long); lists given here replace the defaults. --json prints JSON.
+    --only sync: the step's host wait (train.sync_check); --only stages: decode gpu stage by
+    stage; --compile-modes: torch.compile modes side by side; --cores N: as if on N cores.
 
     --from FILE measures nothing: it projects the config's run (its epochs and resolution
     schedule, --gpus, --price-per-gpu-hour) from an earlier --json result, e.g. another

@@ -80,8 +80,26 @@ def test_the_padded_batch_scores_each_image_once():
     assert padded.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_expected_graphs_and_the_recompile_limit(monkeypatch):
+def test_expected_graphs_and_the_recompile_limit():
     assert compiled.expected_graphs([160] * 12 + [171, 192, 192]) == 4
-    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 8)
-    compiled.compile_module(torch.nn.Linear(2, 2), graphs=12)
-    assert torch._dynamo.config.cache_size_limit == 14
+    cfg = torch._dynamo.config
+    before = cfg.cache_size_limit  # (monkeypatch would delete torch's alias when undoing)
+    try:
+        cfg.cache_size_limit = 8
+        compiled.compile_module(torch.nn.Linear(2, 2), graphs=12)
+        assert cfg.cache_size_limit == 14
+    finally:
+        cfg.cache_size_limit = before
+
+
+def test_a_short_training_batch_runs_eagerly(eager_backend):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten())
+    compiled.compile_module(net)
+    assert compiled.is_compiled(net)
+    net(torch.randn(4, 3, 8, 8))
+    assert compiled.graphs_compiled() == 1
+    with compiled.eager():  # a batch that lost an unreadable file
+        out = net(torch.randn(3, 3, 8, 8))
+    assert out.shape == (3, 72) and compiled.graphs_compiled() == 1
+    net(torch.randn(3, 3, 8, 8))  # outside it, a new size is a new static graph
+    assert compiled.graphs_compiled() == 2

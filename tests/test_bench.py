@@ -108,7 +108,7 @@ def test_end_to_end_is_compiled_when_compile_is_asked_for(capsys, monkeypatch):
     import torch
 
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
     # each measurement compiles afresh, not for the dynamic shapes of the one before it
     monkeypatch.setattr(torch._dynamo, "reset", lambda: compiled.append("reset"))
     args = ["--only", "e2e", "--precisions", "fp32"]
@@ -267,3 +267,89 @@ def test_from_refuses_what_its_figures_cannot_answer(tmp_path, capsys):
         assert main(["bench", *args]) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
+
+
+def test_cores_limits_the_process_and_is_recorded(capsys):
+    import os
+
+    before = os.sched_getaffinity(0)
+    args = [a for a in TINY] + ["--only", "model", "--precisions", "fp32", "--cores", "1"]
+    args[args.index("--threads") : args.index("--threads") + 2] = []
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cores_limit"] == 1 and result["cores"] == 1 and result["threads"] == 1
+    assert os.sched_getaffinity(0) == before  # given back afterwards
+    assert main(["bench", "--cores", str(len(before) + 1)]) == 2
+    assert f"this process may use only {len(before)} cores" in capsys.readouterr().err
+
+
+def test_sync_cost_and_gpu_stages_are_measured(capsys):
+    from rn50.bench.gpu_stages import MAIN_STAGES, WORKER_STAGES
+
+    args = [a for a in TINY] + ["--only", "sync,stages", "--precisions", "fp32"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    (sync,) = result["sync"]
+    assert sync["compile"] is False and set(sync["img_s"]) == {"step", "deferred", "unchecked"}
+    v = sync["img_s"]
+    assert sync["sync_cost"] == pytest.approx(1 - v["step"] / v["unchecked"])
+    assert sync["deferred_cost"] == pytest.approx(1 - v["deferred"] / v["unchecked"])
+    stages = result["gpu_stages"]
+    assert list(stages["stages"]) == [*WORKER_STAGES, *MAIN_STAGES]
+    assert stages["images"] == 8 and stages["batch_size"] == 8 and stages["sync_s"] == 0.0
+    main_s = sum(stages["stages"][s]["total_s"] for s in MAIN_STAGES)
+    assert stages["main_img_s"] == pytest.approx(8 / main_s)
+    # and as text
+    assert main([a for a in args if a != "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "decode gpu stage by stage" in out and "The step's host wait" in out
+
+
+def test_sync_ratios_known_answer():
+    from rn50.bench.sync_cost import sync_ratios
+
+    r = sync_ratios({"step": 900.0, "deferred": 950.0, "unchecked": 1000.0})
+    assert r["sync_cost"] == pytest.approx(0.10) and r["deferred_cost"] == pytest.approx(0.05)
+    assert r["deferred_vs_step"] == pytest.approx(950 / 900)
+
+
+def test_stage_summary_known_answer():
+    from rn50.bench.gpu_stages import stage_summary
+
+    # 256 images: the worker stages take 0.1 s in all, the main ones 0.128 s (2,000 img/s),
+    # of which place 0.064 s with 0.060 s of host time.
+    totals = {"read": (0.05, 0.05), "header": (0.02, 0.02), "crop_draw": (0.03, 0.03),
+              "h2d_copy": (0.001, 0.004), "decode": (0.01, 0.05), "place": (0.060, 0.064),
+              "stack": (0.001, 0.004), "normalize": (0.001, 0.006)}  # fmt: skip
+    s = stage_summary(totals, 256, 1e-5)
+    assert s["main_img_s"] == pytest.approx(2000.0)
+    assert s["worker_img_s"] == pytest.approx(2560.0)
+    assert s["slowest_main_stage"] == "place"
+    assert s["stages"]["place"]["us_per_image"] == pytest.approx(250.0)
+    assert s["stages"]["place"]["host_share"] == pytest.approx(0.9375)
+    assert s["stages"]["decode"]["img_s"] == pytest.approx(5120.0)
+
+
+def test_compile_modes_and_batch_sizes_side_by_side(capsys, monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: seen.append(kw) or model)
+    args = TINY + ["--only", "model", "--precisions", "bf16", "--channels-last", "on",
+                   "--batch-sizes", "4,6", "--compile-modes", "default,max-autotune"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    settings = [(r["batch_size"], r["compile_mode"], r["lr"]) for r in result["model"]]
+    assert settings == [
+        (4, None, 0.1 * 4 / 256), (4, "default", 0.1 * 4 / 256),
+        (4, "max-autotune", 0.1 * 4 / 256),
+        (6, None, 0.1 * 6 / 256), (6, "default", 0.1 * 6 / 256),
+        (6, "max-autotune", 0.1 * 6 / 256),
+    ]  # fmt: skip
+    # static shapes always; the mode only when it is not torch's default
+    assert seen == [{"dynamic": False}, {"dynamic": False, "mode": "max-autotune"}] * 2
+    t = result["step_target"]
+    best = max(r["img_s"] for r in result["model"])
+    assert t["img_s"] == best and t["fraction"] == pytest.approx(best / 8000.0)
+    assert main(["bench", "--compile-modes", "fastest"]) == 2
+    assert "--compile-modes: 'fastest' is not one of" in capsys.readouterr().err

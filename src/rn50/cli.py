@@ -392,7 +392,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 # bench's flags that choose what to measure (meaningless with --from).
 MEASURE_FLAGS = ("full", "only", "batch_sizes", "precisions", "compile", "channels_last",
-                 "modes", "workers", "images", "data_dir", "steps", "repeats", "threads")
+                 "modes", "workers", "images", "data_dir", "steps", "repeats", "threads",
+                 "cores", "compile_modes")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -407,6 +408,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     hours x --price-per-gpu-hour x --gpus.
     Medians of --repeats runs. A CPU gets a small matrix unless --full (fp16 and compile
     there take long); lists given here replace the defaults. --json prints JSON.
+    --only sync: the step's host wait (train.sync_check); --only stages: decode gpu stage by
+    stage; --compile-modes: torch.compile modes side by side; --cores N: as if on N cores.
 
     --from FILE measures nothing: it projects the config's run (its epochs and resolution
     schedule, --gpus, --price-per-gpu-hour) from an earlier --json result, e.g. another
@@ -417,13 +420,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rn50.bench.plan import DATA_MODES, PRECISIONS, default_plan, parse_list
+    from rn50.bench.plan import (
+        COMPILE_MODES,
+        DATA_MODES,
+        PARTS,
+        PRECISIONS,
+        default_plan,
+        parse_list,
+    )
     from rn50.bench.projection import read_result, reproject
     from rn50.bench.report import format_report
     from rn50.bench.run import run_bench
     from rn50.config import load_config
     from rn50.paths import check_input_file
-    from rn50.resources import cap_workers, note
+    from rn50.resources import available_cpus, cap_workers, note
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
@@ -442,18 +452,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "workers": args.workers and tuple(sorted({
             cap_workers(w, "--workers") for w in parse_list(args.workers, int, "--workers")
         })),
-        "parts": args.only and parse_list(args.only, str, "--only", ("model", "data", "e2e")),
-        "compile": (False, True) if args.compile else None,
+        "parts": args.only and parse_list(args.only, str, "--only", PARTS),
+        "compile": (False, True) if args.compile or args.compile_modes else None,
+        "compile_modes": args.compile_modes
+        and parse_list(args.compile_modes, str, "--compile-modes", COMPILE_MODES),
         "channels_last": {"on": (True,), "off": (False,), "both": (True, False), None: None}[
             args.channels_last
         ],
         "images": args.images, "steps": args.steps, "repeats": args.repeats,
         "data_dir": args.data_dir, "epochs": args.epochs, "gpus": args.gpus,
         "price_per_gpu_hour": args.price_per_gpu_hour, "threads": args.threads,
+        "cores": args.cores,
     }
-    for name in ("images", "steps", "repeats", "epochs", "gpus", "threads"):
+    for name in ("images", "steps", "repeats", "epochs", "gpus", "threads", "cores"):
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {excerpt(changes[name])}")
+    if args.cores and args.cores > available_cpus():
+        raise UserError(f"--cores {args.cores}: this process may use only "
+                        f"{available_cpus()} cores")
+    if args.cores and args.workers is None and not args.from_file:
+        # as if the machine had N cores: the default worker counts and the end-to-end
+        # run's workers fit in them
+        plan = dataclasses.replace(
+            plan,
+            workers=tuple(sorted({1, args.cores})),
+            e2e_workers=min(plan.e2e_workers, args.cores),
+        )
     plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
     if args.from_file:
         measuring = [f"--{k.replace('_', '-')}" for k in MEASURE_FLAGS if getattr(args, k)]
@@ -593,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "result")
     p.add_argument("--full", action="store_true",
                    help="the whole matrix: fp16 too, compile on and off, more workers/batches")
-    p.add_argument("--only", metavar="PARTS", help="some of model,data,e2e (default all)")
+    p.add_argument("--only", metavar="PARTS",
+                   help="some of model,data,e2e,sync,stages (default model,data,e2e)")
     p.add_argument("--batch-sizes", metavar="LIST", help="model batch sizes, e.g. 64,128")
     p.add_argument("--precisions", metavar="LIST", help="some of fp32,bf16,fp16")
     p.add_argument("--compile", action="store_true", help="also measure with torch.compile")
@@ -612,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="price of one GPU-hour (default: train.price_per_gpu_hour)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads of the model steps (default: torch's choice)")
+    p.add_argument("--cores", type=int, metavar="N",
+                   help="measure as if the process had N cores: it and its loader workers "
+                   "run on N of its cores (sched_setaffinity), torch uses N threads")
+    p.add_argument("--compile-modes", metavar="LIST",
+                   help="torch.compile modes of the compiled model settings (implies "
+                   "--compile): some of default,max-autotune,max-autotune-no-cudagraphs,"
+                   "reduce-overhead")
     return parser
 
 

@@ -213,8 +213,10 @@ class TrainConfig:
     device (gradients are all-reduced across devices on the last one only). Keeps the global
     batch when there are fewer devices or less memory."""
     compile: bool = False
-    """torch.compile the model before DDP wraps it: faster steps after a slow first one
-    (minutes for ResNet-50); checkpoints hold the plain weights either way."""
+    """torch.compile the model before DDP wraps it, for static shapes: one graph per training
+    resolution and one for evaluation, each compiled (and logged with its time) at its first
+    step; faster steps after a slow first one (minutes for ResNet-50 on a CPU); checkpoints
+    hold the plain weights either way."""
     seed: int = 0
     """seeds the initial weights, the data order and the augmentations."""
     label_smoothing: float = 0.0
@@ -258,6 +260,12 @@ class TrainConfig:
     """also write last.pth every this many steps; 0: never by steps."""
     max_bad_steps: int = 20
     """stop when the loss is NaN/inf for this many steps in a row (each such step is skipped)."""
+    sync_check: str = "step"
+    """how a step refuses a NaN/inf loss: step (read on the host every step, which waits for
+    the GPU once a step) or deferred (decided on the device: the step's changes to weights,
+    momentum and BatchNorm statistics are put back there; the flags are read every log_every
+    steps (50 when 0), before a checkpoint and at the epoch's end, where skipped steps are
+    named and max_bad_steps counted)."""
 
 
 @dataclass
@@ -287,6 +295,7 @@ SCHEDULES = ("onecycle", "cosine")  # rn50.optim.build_scheduler
 NO_DECAY_RULES = ("1d", "bn_name", "norm")  # rn50.optim.param_groups
 RULES = ("steepest", "minimum", "edge", "divergence")
 PROGRESS = ("auto", "bar", "lines", "off")
+SYNC_CHECKS = ("step", "deferred")
 
 
 @functools.cache  # parsing the module's source takes ~15 ms a section, at every start
@@ -689,6 +698,7 @@ def validate(cfg: Config) -> None:
     )
     _check(bool(t.checkpoint_dir), "train.checkpoint_dir", "must name a directory")
     _one_of(t.progress, "train.progress", PROGRESS)
+    _one_of(t.sync_check, "train.sync_check", SYNC_CHECKS)
     _check(
         not (o.scale_lr and o.max_lr == "auto"),
         "optim.scale_lr",

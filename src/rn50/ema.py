@@ -35,12 +35,16 @@ class ModelEMA:
             yield ema_state[name], value
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Call after each optimizer step."""
+    def update(self, model: nn.Module, keep: torch.Tensor | None = None) -> None:
+        """Call after each optimizer step. `keep`: a 0-dim bool tensor on the device (a step
+        refused there, train.sync_check: deferred); where False the average does not move,
+        decided on the device without a host sync (the step is still counted)."""
         self.steps += 1
         if self.steps % self.every:
             return
         weight = 1.0 - self.decay**self.every
+        if keep is not None:
+            weight = keep.to(torch.float32) * weight  # lerp by exactly 0 leaves it as it is
         floats, targets = [], []
         for ema, value in self._pairs(model):
             if ema.is_floating_point():
@@ -50,7 +54,11 @@ class ModelEMA:
                 ema.copy_(value)
         # One fused kernel launch per group of tensors instead of one per tensor (~320 for
         # ResNet-50), which on a GPU costs more than the arithmetic.
-        torch._foreach_lerp_(floats, targets, weight)
+        try:
+            torch._foreach_lerp_(floats, targets, weight)
+        except (TypeError, RuntimeError):  # torch < 2.6: no tensor weight for the foreach form
+            for ema, target in zip(floats, targets, strict=True):
+                ema.lerp_(target, weight)
 
     def state_dict(self) -> dict:
         """{"module": the averaged weights' state_dict, "steps": optimizer steps seen}."""

@@ -38,14 +38,25 @@ class Meter:
     def __init__(self, device: torch.device | str = "cpu"):
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)
 
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        keep: torch.Tensor | None = None,
+    ) -> None:
         """`loss` is the batch mean, weighted by the batch size, or the per-sample losses (N,),
-        summed in float64: then the total does not depend on how the images were batched."""
+        summed in float64: then the total does not depend on how the images were batched.
+        `keep`: a 0-dim bool tensor; where False the batch adds nothing (a step refused on
+        the device, whose NaN loss must not reach the sums), without a host sync."""
         n = targets.shape[0]
         hits = topk_correct_tensor(logits.detach(), targets, (1, 5))
         loss = loss.detach().double()
         total = loss.sum() if loss.ndim else loss * n
-        self.sums[:4] += torch.stack([total, hits[0], hits[1], self.sums.new_tensor(n)])
+        add = torch.stack([total, hits[0], hits[1], self.sums.new_tensor(n)])
+        if keep is not None:
+            add = torch.where(keep, add, torch.zeros_like(add))
+        self.sums[:4] += add
 
     def skip(self, paths: list[str]) -> None:
         """Count files that could not be decoded (they are in no other sum)."""

@@ -15,6 +15,10 @@ Each figure is the median of `repeats` timed runs (after warm-up steps, or after
 batch of a loader, so compilation and worker start-up are not counted); the data modes take
 turns within each repeat, so a change in the machine's load hits them alike.
 
+Asked for by name (--only): sync (sync_cost: the training step with and without its host
+wait for the loss check, eager and compiled) and stages (gpu_stages: the `gpu` decode path
+stage by stage, each with its host and total time).
+
 The other modules: plan (what to measure: BenchPlan, its defaults, the flags' lists), timing
 (device sync, median), run (every part of the plan in turn, into one JSON-able result),
 projection (the ImageNet-1k epoch time and run cost from the measurements, also from an

@@ -9,17 +9,23 @@ from rn50.bench.model_step import AMP_DTYPES, compile_model, training_setup
 from rn50.bench.plan import BenchPlan
 from rn50.bench.timing import sync
 from rn50.config import DataConfig
+from rn50.resources import available_cpus
 
 
 def bench_end_to_end(
-    plan: BenchPlan, samples, precision: str, channels_last: bool, compiled: bool = False
+    plan: BenchPlan,
+    samples,
+    precision: str,
+    channels_last: bool,
+    compiled: bool = False,
+    mode: str | None = None,
 ) -> dict:
     """Training img/s with the loader feeding the model (the plan's decode mode and workers),
     stepped as training steps it: rn50.train.step.train_step with rn50.optim's SGD and
     one-cycle schedule. That step waits once for the GPU (its check for a non-finite loss),
     so what the loop does between steps, such as decoding the next batch on the GPU, is
     counted as training does it. `compiled`: torch.compile'd, as train.compile trains (its
-    compilation falls in the untimed first step).
+    compilation falls in the untimed first step), in torch.compile `mode`.
 
     Batches are plan.batch_sizes[0] images at plan.resolution px; `samples` ((path, label),
     repeated as needed) feed plan.e2e_steps timed steps after the warm-up. Returns the
@@ -39,7 +45,7 @@ def bench_end_to_end(
     optim_cfg = OptimConfig(max_lr=0.1)
     rt = Runtime(device, AMP_DTYPES[precision], channels_last)
     optimizer = build_optimizer(model, optim_cfg, loss_scaling=rt.use_scaler)
-    step_model = compile_model(model) if compiled else model
+    step_model = compile_model(model, mode) if compiled else model
     # Untimed: the first step (start-up, the workers' start), then as many batches as the
     # workers can have prepared meanwhile. Timed from a full queue, a short run would
     # measure the model alone however slow the data path is.
@@ -83,6 +89,8 @@ def bench_end_to_end(
         "precision": precision,
         "channels_last": channels_last,
         "compile": compiled,
+        "compile_mode": (mode or "default") if compiled else None,
+        "cores": available_cpus(),
         "img_s": count / elapsed if elapsed > 0 else float("nan"),
         "images": count,
         "warmup_steps": warmup,

@@ -42,21 +42,37 @@ def training_setup(plan: BenchPlan, precision: str, channels_last: bool):
     return model, scaler, nn.CrossEntropyLoss(), memory_format
 
 
-def compile_model(model: nn.Module) -> nn.Module:
-    """torch.compile(model), compiled afresh for this shape. Compiled code is cached per Python
-    function, not per model: a second model at another resolution or batch would otherwise be
-    recompiled for dynamic shapes, slower to compile and not what a run at one size gets."""
+def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
+    """torch.compile(model) for static shapes, as train.compile compiles (rn50.train.compiled),
+    compiled afresh: compiled code is cached per Python function, not per model, and a
+    second model at another resolution or batch would otherwise reuse the first's cache
+    entries and limits. `mode`: torch.compile's (None or "default": its default)."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    return torch.compile(model)
+    options = {"dynamic": False}
+    if mode and mode != "default":
+        options["mode"] = mode
+    return torch.compile(model, **options)
+
+
+def scaled_lr(batch_size: int, base: float = 0.1) -> float:
+    """The linear scaling rule (Goyal et al. 2017): `base` per 256 images."""
+    return base * batch_size / 256
 
 
 def bench_model(
-    plan: BenchPlan, batch_size: int, precision: str, channels_last: bool, compiled: bool
+    plan: BenchPlan,
+    batch_size: int,
+    precision: str,
+    channels_last: bool,
+    compiled: bool,
+    mode: str | None = None,
 ) -> dict:
     """Training img/s of one setting on synthetic data (batch_size x 3 x R x R images, R the
-    plan's resolution; plan.warmup untimed steps, then plan.repeats runs of plan.steps).
+    plan's resolution; plan.warmup untimed steps, then plan.repeats runs of plan.steps), SGD
+    at the LR scaled to the batch (`scaled_lr`); `mode`: the torch.compile mode when
+    `compiled`.
 
     Returns the setting with "img_s" (the median) and "runs" (img/s of each run), or with
     "error" ("Type: first line of the message") when the step fails (no C++ compiler for
@@ -70,15 +86,17 @@ def bench_model(
         "precision": precision,
         "channels_last": channels_last,
         "compile": compiled,
+        "compile_mode": (mode or "default") if compiled else None,
+        "lr": scaled_lr(batch_size),
     }
     device, amp_dtype = plan.device, AMP_DTYPES[precision]
     model, scaler, criterion, memory_format = training_setup(plan, precision, channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=record["lr"], momentum=0.9)
     images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
     images = images.contiguous(memory_format=memory_format)
     targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
-    step_model = compile_model(model) if compiled else model
     try:
+        step_model = compile_model(model, mode) if compiled else model
         for _ in range(plan.warmup):
             _train_step(
                 step_model, images, targets, optimizer, scaler, criterion, device, amp_dtype

@@ -13,6 +13,9 @@ from rn50.resources import available_cpus
 
 DATA_MODES = ("torchvision", "pil", "cpu", "gpu")  # torchvision: the baseline, not an rn50 mode
 PRECISIONS = ("fp32", "bf16", "fp16")
+PARTS = ("model", "data", "e2e", "sync", "stages")  # sync, stages: asked for with --only
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+STEP_TARGET_IMG_S = 8000.0  # the model step's goal at 224 px on an H200 (MLPerf's per GPU)
 
 
 @dataclasses.dataclass
@@ -21,7 +24,8 @@ class BenchPlan:
 
     Resolutions are in pixels (the square side of a training image), batch sizes in images,
     steps and repeats are counts, the price is per GPU-hour in any currency. `parts` names the
-    measurements to run: "model", "data", "e2e" (end to end).
+    measurements to run: "model", "data", "e2e" (end to end), "sync" (the step's host wait,
+    rn50.bench.sync_cost), "stages" (the gpu decode path stage by stage, gpu_stages).
     """
 
     device: torch.device
@@ -33,6 +37,7 @@ class BenchPlan:
     precisions: Sequence[str] = ("fp32", "bf16")
     channels_last: Sequence[bool] = (True, False)
     compile: Sequence[bool] = (False,)
+    compile_modes: Sequence[str] = ("default",)  # torch.compile modes of the compiled settings
     steps: int = 5  # timed model steps per repeat
     warmup: int = 2  # untimed model steps first (compilation happens here)
     repeats: int = 3
@@ -56,6 +61,7 @@ class BenchPlan:
     price_per_gpu_hour: float = 0.0
     gpus: int = 1
     threads: int = 0  # torch's CPU threads in this process; 0: torch's default
+    cores: int = 0  # measure as if the process had this many cores (affinity); 0: all
 
 
 def default_plan(

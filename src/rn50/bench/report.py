@@ -15,8 +15,9 @@ def decode_label(mode: str, ahead: int | None) -> str:
 def format_report(result: dict) -> str:
     """The readable tables of a run_bench (or reproject) result: images/s of each
     measurement, and the projection's epoch time, run hours and cost where there is one."""
+    limit = f"  limited to {result['cores_limit']} cores" if result.get("cores_limit") else ""
     lines = [
-        f"device: {result['device']}  torch {result.get('torch', '?')}  "
+        f"device: {result['device']}{limit}  torch {result.get('torch', '?')}  "
         f"load average at start {_load(result.get('load_avg_start'))}, "
         f"at end {_load(result.get('load_avg_end'))}"
     ]
@@ -26,15 +27,23 @@ def format_report(result: dict) -> str:
             "Model step (synthetic data on the device"
             + (", model.blurpool" if result.get("plan", {}).get("blurpool") else "")
             + "), images/s:",
-            f"  {'batch':>5}  {'precision':<9}  {'channels_last':<13}  {'compile':<7}  "
+            f"  {'batch':>5}  {'precision':<9}  {'channels_last':<13}  {'compile':<26}  "
             f"{'img/s':>9}",
         ]
         for r in result["model"]:
             value = f"{r['img_s']:9.1f}" if "img_s" in r else f"  {r['error']}"
+            compiled = (r.get("compile_mode") or "on") if r["compile"] else "off"
             lines.append(
                 f"  {r['batch_size']:>5}  {r['precision']:<9}  "
                 f"{'on' if r['channels_last'] else 'off':<13}  "
-                f"{'on' if r['compile'] else 'off':<7}  {value}"
+                f"{compiled:<26}  {value}"
+            )
+        t = result.get("step_target")
+        if t:
+            lines.append(
+                f"  fastest: {t['img_s']:.1f} img/s = {t['fraction']:.2f} of the "
+                f"{t['target_img_s']:,.0f} img/s target (batch {t['setting']['batch_size']}, "
+                f"LR {t['setting']['lr']:g})"
             )
     if result.get("data"):
         vs = {
@@ -63,6 +72,39 @@ def format_report(result: dict) -> str:
             f"{e['batch_size']}, {e['precision']}{', compiled' if e.get('compile') else ''}): "
             f"{e['img_s']:.1f} images/s",
         ]
+    if result.get("gpu_stages"):
+        g = result["gpu_stages"]
+        lines += [
+            "",
+            f"decode gpu stage by stage ({g['images']} images in batches of {g['batch_size']}, "
+            f"{g['device']}); host: the calling thread's share of the time:",
+            f"  {'stage':<10}  {'us/image':>9}  {'img/s':>10}  {'host':>5}",
+        ]
+        for name, st in g["stages"].items():
+            lines.append(
+                f"  {name:<10}  {st['us_per_image']:9.1f}  {st['img_s']:10.1f}  "
+                f"{st['host_share']:5.2f}"
+            )
+        lines.append(
+            f"  training process (decode to normalize, one after another): "
+            f"{g['main_img_s']:.1f} img/s, slowest stage {g['slowest_main_stage']}; "
+            f"one worker (read, header, crop draw): {g['worker_img_s']:.1f} img/s; "
+            f"a synchronize: {1e6 * g['sync_s']:.1f} us"
+        )
+    if result.get("sync"):
+        lines += ["", "The step's host wait (train.sync_check), images/s:",
+                  f"  {'compile':<7}  {'step':>9}  {'deferred':>9}  {'unchecked':>9}  "
+                  f"{'wait costs':>10}  {'deferred costs':>14}"]  # fmt: skip
+        for r in result["sync"]:
+            if "error" in r:
+                lines.append(f"  {'on' if r['compile'] else 'off':<7}  {r['error']}")
+                continue
+            v = r["img_s"]
+            lines.append(
+                f"  {'on' if r['compile'] else 'off':<7}  {v['step']:9.1f}  "
+                f"{v['deferred']:9.1f}  {v['unchecked']:9.1f}  {100 * r['sync_cost']:9.1f}%  "
+                f"{100 * r['deferred_cost']:13.1f}%"
+            )
     if result.get("progressive"):
         lines += ["", "Progressive resizing: the best model setting at each lower resolution:"]
         for r in result["progressive"]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -27,13 +28,20 @@ def evaluate(
     rt: Runtime,
     report: Reporter | None = None,
     warn: Callable[[str], None] | None = None,
+    pad_to: int = 0,
+    first_call=None,
 ) -> dict:
     """Loss, top-1 and top-5 (%) over this rank's share of the validation set, summed over
     ranks as counts; also "count" (images scored) and "skipped" (unreadable files).
 
     The loss is plain cross-entropy (no label smoothing), comparable across recipes.
     `report` shows the pass's progress; `warn` names each unreadable file, in the words
-    training uses ("skipped unreadable image PATH").
+    training uses ("skipped unreadable image PATH"). `pad_to` (a compiled model: the loader's
+    batch size): a shorter batch (the last one, or one that lost unreadable files) is padded
+    with zero images to that size and the padding's outputs dropped, so the model sees one
+    shape only (no recompilation) and each image is still scored once; in eval mode the
+    images of a batch do not affect each other. `first_call`: a context factory taking the
+    shape's name (CompileWatch.first), entered around each forward pass.
     """
     model.eval()
     meter = Meter(rt.device)
@@ -45,8 +53,12 @@ def evaluate(
         if not len(targets):
             continue
         images, targets = to_device(images, targets, rt.device, rt.channels_last)
-        with autocast(rt):
-            logits = model(images)
+        n = images.shape[0]
+        if pad_to > n:
+            images = pad_batch(images, pad_to)
+        with first_call(f"{images.shape[-1]} px (evaluation)") if first_call else nullcontext():
+            with autocast(rt):
+                logits = model(images)[:n]
         # Per-image losses: the sums do not depend on how the images were split into batches
         # or ranks, so a 2-rank evaluation equals a 1-process one exactly.
         losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
@@ -54,6 +66,15 @@ def evaluate(
         if report:
             report.step(targets.shape[0])
     return meter.all_reduce().summary()
+
+
+def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (size, C, H, W): zero images appended, in the same memory format."""
+    pad = images.new_zeros((size - images.shape[0], *images.shape[1:]))
+    out = torch.cat([images, pad])
+    if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def evaluate_checkpoint(

@@ -3,6 +3,7 @@
 and records each live in their own module of this package."""
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from rn50.model import build_model, count_parameters, model_summary
 from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
 from rn50.preempt import Preempted, SignalGuard
 from rn50.runlog import RunLog
+from rn50.train.compiled import CompileWatch, eager, expected_graphs
 from rn50.train.evaluate import evaluate
 from rn50.train.loaders import eval_loader, load_index, train_loader, warn_about_index
 from rn50.train.lr_finder import choose_max_lr
@@ -42,11 +44,14 @@ from rn50.train.resume import (
     initial_weights,
     restore,
 )
-from rn50.train.runtime import make_runtime, parallelize, precision_name
+from rn50.train.runtime import make_runtime, parallelize, precision_name, train_resolutions
 from rn50.train.step import (
+    DEFERRED_CHECK_EVERY,
     BadFileBudget,
     BufferGuard,
+    DeviceGuard,
     NonFiniteStreak,
+    PendingChecks,
     allow_skipped_steps,
     micro_batches,
     train_step,
@@ -102,10 +107,18 @@ class Trainer:
             lr = choose_max_lr(cfg, saved, model, self.train_data, rt, log) if dist.is_main() else 0
             cfg.optim.max_lr = dist.broadcast_object(lr)
         # A plain copy, made before compile/DDP touch the module; it starts from the initial
-        # weights and resume loads it.
+        # weights and resume loads it. It stays eager under train.compile: it only runs
+        # forward passes once an epoch (its BatchNorm recomputation, its validation), which
+        # two graphs of its own (train-mode no-grad and eval) would shorten by less than
+        # they take to compile on a short run; its update is one _foreach kernel group.
         self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
         # module: the plain network (checkpoints, evaluation); model: what a step calls (DDP).
         self.module, self.model = parallelize(model, cfg, rt)
+        # train.compile: one graph per training resolution and one for evaluation, each
+        # compiled at its first call, timed and logged there.
+        self.compiles = CompileWatch(
+            cfg.train.compile, expected_graphs(train_resolutions(cfg)), log.log, rt.device
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         optim_cfg = scaled_lr(cfg.optim, self.global_batch, log)
         self.optimizer = build_optimizer(self.module, optim_cfg, loss_scaling=rt.use_scaler)
@@ -186,7 +199,11 @@ class Trainer:
         # epoch, which this run's ranks share equally (whatever the world size that saved it).
         rank_images = self.global_batch // dist.world_size()  # per optimizer step
         self.train_data.sampler.set_epoch(epoch, start=start * rank_images)
-        buffers = BufferGuard(self.module)
+        # train.sync_check: step reads each step's loss check on the host (a wait for the
+        # device every step); deferred keeps it on the device and reads the flags together.
+        deferred = cfg.train.sync_check == "deferred"
+        buffers = DeviceGuard(self.module, self.optimizer) if deferred else BufferGuard(self.module)
+        pending = PendingChecks((cfg.train.log_every or DEFERRED_CHECK_EVERY) if deferred else 1)
         streak = NonFiniteStreak(cfg.train.max_bad_steps)
         bad_files = BadFileBudget(
             cfg.data.max_bad_fraction * self.steps_per_epoch * rank_images,
@@ -217,19 +234,24 @@ class Trainer:
             batches = [to_device(x, y, rt.device, rt.channels_last) for x, y, _ in group]
             targets = torch.cat([y for _, y in batches])
             buffers.save()
-            loss, logits, applied = train_step(
-                self.model, batches, self.criterion, self.optimizer, self.scaler,
-                self.scheduler, rt,
-            )  # fmt: skip
-            if applied:
+            with self.compiled_call(batches):
+                loss, logits, applied = train_step(
+                    self.model, batches, self.criterion, self.optimizer, self.scaler,
+                    self.scheduler, rt, buffers if deferred else None,
+                )  # fmt: skip
+            if deferred:  # `applied` is on the device: the sums and the average obey it there
+                meter.update(loss, logits, targets, keep=applied)
+                if self.ema is not None:
+                    self.ema.update(self.module, keep=applied)
+            elif applied:
                 meter.update(loss, logits, targets)
                 if self.ema is not None:
                     self.ema.update(self.module)
             else:
                 buffers.restore()
-                log.warn(f"epoch {epoch} step {step}: loss is {loss.item()}; step skipped")
-            if streak.update(applied):
-                raise Diverged(self.diverged_message(epoch, step, streak.count))
+            pending.add(step, applied, loss)
+            if pending.due():
+                self.read_checks(pending, streak, epoch)
             self.after_step(report, targets.shape[0])
             # Stopping and saving involve every rank (the same step count, the meter's
             # all-reduce): they decide together, from what any of them received or timed.
@@ -241,8 +263,11 @@ class Trainer:
                     f"step {step}: saved {path}; run the same command to resume"
                 )
                 raise Preempted(guard.name)
-            if streak.count == 0 and self.saves.due(step, clock):
-                self.save_last(epoch, step, meter)
+            if self.saves.due(step, clock):
+                self.read_checks(pending, streak, epoch)  # deferred: the streak is known first
+                if streak.count == 0:
+                    self.save_last(epoch, step, meter)
+        self.read_checks(pending, streak, epoch)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         return meter.all_reduce().summary(), time.perf_counter() - t0
@@ -254,7 +279,10 @@ class Trainer:
         # rank 0's everywhere. The plain module: evaluation needs no DDP.
         dist.broadcast_buffers(self.module)
         report = self.records.reporter("val", len(self.val_data))
-        val = evaluate(self.module, self.val_data, self.rt, report, self.log.warn)
+        pad = self.val_data.batch_size if self.cfg.train.compile else 0
+        val = evaluate(
+            self.module, self.val_data, self.rt, report, self.log.warn, pad, self.compiles.first
+        )
         if self.ema is None:
             return val, None
         self.train_data.sampler.set_epoch(epoch)  # this epoch's first batches again
@@ -301,6 +329,26 @@ class Trainer:
     def after_step(self, report, images: int) -> None:
         """Records of a finished optimizer step of `images` images (this rank's)."""
         self.records.after_step(report, images)
+
+    def read_checks(self, pending: PendingChecks, streak: NonFiniteStreak, epoch: int) -> None:
+        """The loss checks of the pending steps, read on the host: each skipped step named,
+        the streak of skipped steps counted; raises Diverged at train.max_bad_steps."""
+        for step, applied, loss in pending.read():
+            if not applied:
+                self.log.warn(f"epoch {epoch} step {step}: loss is {loss}; step skipped")
+            if streak.update(applied):
+                raise Diverged(self.diverged_message(epoch, step, streak.count))
+
+    def compiled_call(self, batches):
+        """The context of a training step with train.compile: the first step at a resolution
+        is timed and its graphs counted (CompileWatch); a step with a micro-batch short of
+        data.batch_size (unreadable files left out) runs eagerly rather than compiling a
+        graph for its size."""
+        if not self.cfg.train.compile:
+            return nullcontext()
+        if any(images.shape[0] != self.cfg.data.batch_size for images, _ in batches):
+            return eager()
+        return self.compiles.first(f"{self.train_res} px (training)")
 
     def save_last(self, epoch: int, step: int, meter: Meter) -> Path | None:
         """The rolling mid-epoch checkpoint: every rank calls it at the same step (the meter's

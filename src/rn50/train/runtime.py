@@ -10,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rn50 import distributed as dist
 from rn50.config import Config
 from rn50.errors import ConfigError
+from rn50.train.compiled import compile_module, expected_graphs
 
 
 @dataclass
@@ -83,7 +84,8 @@ def parallelize(model: nn.Module, cfg: Config, rt: Runtime) -> tuple[nn.Module, 
     Under torchrun `model` is `module` in DistributedDataParallel (which broadcasts rank 0's
     weights now and averages gradients in every synchronized backward); in one process they
     are the same. model.sync_bn swaps in SyncBatchNorm first; train.compile compiles the
-    module in place before DDP wraps it, as PyTorch recommends, so its state_dict keys stay
+    module in place before DDP wraps it, as PyTorch recommends, for static shapes (one graph
+    per resolution, rn50.train.compiled), so its state_dict keys stay
     plain (no "module." or "_orig_mod." prefix) and checkpoints load anywhere.
 
     Raises ConfigError for model.sync_bn on CPU processes.
@@ -97,8 +99,15 @@ def parallelize(model: nn.Module, cfg: Config, rt: Runtime) -> tuple[nn.Module, 
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and buffers
     if cfg.train.compile:
-        model.compile()
+        compile_module(model, expected_graphs(train_resolutions(cfg)))
     if world == 1:
         return model, model
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return model, DistributedDataParallel(model, device_ids=ids)
+
+
+def train_resolutions(cfg: Config) -> list[int]:
+    """The training resolution of each epoch (progressive resizing, rn50.data.schedule)."""
+    from rn50.data.schedule import resolution_at
+
+    return [resolution_at(e, cfg.data) for e in range(1, cfg.train.epochs + 1)]

@@ -14,6 +14,7 @@ from rn50 import distributed as dist
 from rn50.errors import DataError
 from rn50.train.runtime import Runtime, autocast
 
+DEFERRED_CHECK_EVERY = 50  # train.sync_check deferred: steps between host reads (no log_every)
 MIN_BAD_BUDGET = 10  # undecodable files an epoch may skip whatever data.max_bad_fraction says
 
 
@@ -31,7 +32,9 @@ class StepResult(NamedTuple):
 
     loss: torch.Tensor  # mean loss of this rank's micro-batches (detached, 0-dim)
     logits: torch.Tensor  # of all of them, concatenated (detached, N x classes)
-    applied: bool  # False: a loss was NaN/inf on some rank, and no rank changed a weight
+    # False: a loss was NaN/inf on some rank, and no rank changed a weight. With a
+    # DeviceGuard (train.sync_check: deferred) a 0-dim bool tensor on the device, not read.
+    applied: bool | torch.Tensor
 
 
 def grad_sync(model: nn.Module, last: bool):
@@ -42,13 +45,21 @@ def grad_sync(model: nn.Module, last: bool):
     return model.no_sync()
 
 
-def train_step(model, batches, criterion, optimizer, scaler, scheduler, rt: Runtime) -> StepResult:
+def train_step(
+    model, batches, criterion, optimizer, scaler, scheduler, rt: Runtime, guard=None
+) -> StepResult:
     """One optimizer step over `batches`, a list of (images N x 3 x H x W, targets N)
     micro-batches already on rt.device.
 
     Each micro-batch's loss is divided by their number, so the accumulated gradient is that of
     their mean; DDP then averages it over the ranks. A non-finite loss on any rank changes no
     weight on any rank (the LR schedule still advances a step).
+
+    train.sync_check: step (guard None) reads the loss's finiteness on the host, which waits
+    for the device once a step, and skips the update. deferred (`guard`, a DeviceGuard saved
+    before the step) never waits: the update always runs, and the guard then puts back, on
+    the device, every weight, momentum buffer and BatchNorm statistic it changed where the
+    loss was not finite; `applied` is then that flag as a device tensor, read later.
     """
     optimizer.zero_grad(set_to_none=True)
     losses, logits = [], []
@@ -61,15 +72,31 @@ def train_step(model, batches, criterion, optimizer, scaler, scheduler, rt: Runt
         losses.append(loss.detach())
         logits.append(out.detach())
     loss = torch.stack(losses).mean()
+    finite = torch.isfinite(loss)
+    if guard is not None:
+        if isinstance(model, DistributedDataParallel):  # all ranks' gradients are averaged
+            finite = _all_finite_on_device(finite)
+        scaler.step(optimizer)  # fp16: the scaler itself waits for its overflow check
+        scaler.update()
+        guard.restore_unless(finite)
+        scheduler.step()
+        return StepResult(loss, torch.cat(logits), finite)
     # One host sync a step: a NaN must never reach the weights. DDP's replicas decide together,
     # or they would drift apart.
-    finite = torch.isfinite(loss)
     applied = dist.all_true(finite) if isinstance(model, DistributedDataParallel) else bool(finite)
     if applied:
         scaler.step(optimizer)  # unscales first; skips the update if a gradient is inf/NaN
         scaler.update()  # lowers the scale after a skipped step, raises it after calm ones
     scheduler.step()  # one-cycle moves every optimizer step, applied or not
     return StepResult(loss, torch.cat(logits), applied)
+
+
+def _all_finite_on_device(finite: torch.Tensor) -> torch.Tensor:
+    """Whether `finite` holds on every rank, as a device tensor (an all-reduce queued on the
+    device, never read on the host)."""
+    flag = finite.to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return flag[0].bool()
 
 
 def micro_batches(loader: Iterable, n: int) -> Iterator[list]:
@@ -103,6 +130,105 @@ class BufferGuard:
         """Put the remembered statistics back (after a skipped step)."""
         for dst, src in zip(self.buffers, self.saved, strict=True):
             dst.copy_(src)
+
+
+class DeviceGuard:
+    """train.sync_check: deferred. A copy, on the device, of everything a step may change
+    (parameters, the optimizer's momentum buffers, BatchNorm running statistics), and its
+    conditional restore, without a host sync.
+
+    Each group of same-dtype tensors is copied with one `torch.cat` into a flat buffer
+    (`save`, before the step's forward pass) and put back with one `torch.where` and one
+    `torch._foreach_copy_` (`restore_unless`): a few kernels, not one per tensor (ResNet-50
+    has about 480 such tensors, and launching 480 kernels would cost more than the wait it
+    replaces). Values are selected, never computed: a NaN written by the step cannot leak
+    through (0 x NaN would). A momentum buffer the step created (the first) is zeroed
+    where the step is refused, which SGD (dampening 0) treats as no buffer.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.groups: list[tuple[list[torch.Tensor], list[int], torch.Tensor]] = []
+        self.count = -1
+        self.saved: set[int] = set()
+
+    def _tensors(self) -> list[torch.Tensor]:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        state = self.optimizer.state
+        momenta = [state[p].get("momentum_buffer") for p in params if p in state]
+        norms = [b for b in self.model.buffers() if b.is_floating_point()]
+        return [t for t in params + momenta + norms if t is not None]
+
+    def save(self) -> None:
+        """Copy the state (call before each step)."""
+        tensors = self._tensors()
+        if len(tensors) != self.count:  # the first step creates the momentum buffers
+            self.count = len(tensors)
+            self.saved = {id(t) for t in tensors}
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for t in tensors:
+                by_dtype.setdefault(t.dtype, []).append(_flat(t))
+            self.groups = [
+                (views, [v.numel() for v in views],
+                 views[0].new_empty(sum(v.numel() for v in views)))
+                for views in by_dtype.values()
+            ]  # fmt: skip
+        for views, _, flat in self.groups:
+            torch.cat(views, out=flat)
+
+    @torch.no_grad()
+    def restore_unless(self, finite: torch.Tensor) -> None:
+        """Put the saved state back where `finite` (0-dim bool on the device) is False."""
+        for views, sizes, flat in self.groups:
+            chosen = torch.where(finite, torch.cat(views), flat)
+            torch._foreach_copy_(views, list(chosen.split(sizes)))
+        for t in self._tensors():
+            if id(t) not in self.saved:
+                t.copy_(torch.where(finite, t, torch.zeros_like(t)))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of all of a dense tensor's elements, in memory order (contiguous or
+    channels_last alike), through which a flat copy is written back."""
+    if not (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(
+            memory_format=torch.channels_last))):  # fmt: skip
+        raise ValueError(f"train.sync_check deferred needs dense tensors, got {t.stride()}")
+    return t.detach().as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class PendingChecks:
+    """train.sync_check: deferred. The steps whose flags are still on the device: read on the
+    host together (one wait) every `every` steps, before a checkpoint and at the epoch's end,
+    where skipped steps are named and counted (NonFiniteStreak, train.max_bad_steps)."""
+
+    def __init__(self, every: int):
+        self.every = max(1, every)
+        self.steps: list[int] = []
+        self.flags: list[torch.Tensor] = []
+        self.losses: list[torch.Tensor] = []
+
+    def add(self, step: int, applied: bool | torch.Tensor, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.flags.append(torch.as_tensor(applied))
+        self.losses.append(loss)
+
+    def due(self) -> bool:
+        return len(self.steps) >= self.every
+
+    def read(self) -> list[tuple[int, bool, float]]:
+        """(step, applied, loss) of each pending step, in order; the list is emptied."""
+        if not self.steps:
+            return []
+        flags = [bool(f) for f in torch.stack(self.flags).tolist()]  # the one wait
+        # A loss is read only for a skipped step (its warning): reading them all would wait
+        # a second time, for the work queued since.
+        losses = [
+            float("nan") if ok else loss.item()
+            for ok, loss in zip(flags, self.losses, strict=True)
+        ]
+        out = list(zip(self.steps, flags, losses, strict=True))
+        self.steps, self.flags, self.losses = [], [], []
+        return out
 
 
 class NonFiniteStreak:

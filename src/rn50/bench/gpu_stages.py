@@ -1,0 +1,149 @@
+"""Where `data.decode: gpu` spends its time: each stage of its path timed on its own, over the
+same batches, with the path's own functions (rn50.data.decode, rn50.data.gpu, rn50.data.batch).
+
+Worker side (one worker's CPU time; W workers divide it by W): `read` (the file's bytes),
+`header` (decode.probe: size and whether the device decoder takes it), `crop_draw` (the
+RandomResizedCrop box and the flip, drawn as the worker draws them). Training-process side
+(serial: what the decode thread does for every batch): `h2d_copy` (the batch's file bytes
+copied to the device as the pinned copy a batched decoder needs), `decode` (gpu.decode_jpegs:
+one batched torchvision decode_jpeg call, nvJPEG on CUDA), `place` (gpu.place for each image:
+crop, float, antialiased resize, round, flip), `stack`, `normalize` (rn50.data.batch).
+
+Each stage has two clocks: `host_s`, what the calling thread spends issuing it (Python and
+kernel launches; on a CPU device the work itself), and `total_s`, until the device has done
+it (a synchronize after it). A stage whose host time is near its total is bound by its
+per-image Python and launch work, not by the device: that is what a ceiling that does not
+move with the worker count looks like. `sync_s` is the cost of one synchronize with nothing
+queued (the floor of every wait).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from rn50.bench.plan import BenchPlan
+from rn50.bench.timing import sync
+
+WORKER_STAGES = ("read", "header", "crop_draw")
+MAIN_STAGES = ("h2d_copy", "decode", "place", "stack", "normalize")
+
+
+def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
+    """Time each stage over the first batches of `samples` ((path, label)), plan.repeats times;
+    returns `stage_summary` of the median repeat, with "batch_size", "batches" and
+    "device". Files the device decoder does not take (CMYK, PNG) are left out."""
+    from rn50.data import decode, gpu
+    from rn50.data.batch import normalize
+
+    device = plan.device
+    size = max(1, min(plan.data_batch_size, len(samples)))
+    paths = [p for p, _ in samples]
+    batches = [paths[i : i + size] for i in range(0, len(paths) - size + 1, size)] or [paths]
+    scale = (plan.min_scale, 1.0)
+    res = (plan.resolution, plan.resolution)
+    repeats: list[dict[str, tuple[float, float]]] = []
+    for _ in range(plan.repeats + 1):  # the first: warm-up (allocator, decoder handles)
+        clock = StageClock(device)
+        torch.manual_seed(0)
+        for files in batches:
+            datas = clock.time("read", lambda files=files: [decode.read_bytes(p) for p in files])
+            heads = clock.time("header", lambda datas=datas: [decode.probe(d) for d in datas])
+            keep = [i for i, (_, _, direct) in enumerate(heads) if direct]
+            datas, heads = [datas[i] for i in keep], [heads[i] for i in keep]
+            boxes = clock.time(
+                "crop_draw",
+                lambda heads=heads: [
+                    (decode.sample_crop(h, w, scale), decode.sample_flip()) for h, w, _ in heads
+                ],
+            )
+            tensors = [torch.from_numpy(d) for d in datas]
+            clock.time("h2d_copy", lambda tensors=tensors: _copy_bytes(tensors, device))
+            pixels = clock.time("decode", lambda tensors=tensors: gpu.decode_jpegs(tensors, device))
+            placed = clock.time(
+                "place",
+                lambda pixels=pixels, boxes=boxes: [
+                    gpu.place(x, box, res, None, flip)
+                    for x, (box, flip) in zip(pixels, boxes, strict=True)
+                ],
+            )
+            stacked = clock.time("stack", lambda placed=placed: torch.stack(placed))
+            clock.time("normalize", lambda stacked=stacked: normalize(stacked, True))
+        repeats.append(clock.totals)
+    images = sum(len(files) for files in batches)
+    timed = repeats[1:] or repeats
+    middle = sorted(timed, key=lambda t: sum(v[1] for v in t.values()))[len(timed) // 2]
+    return {
+        "device": str(device),
+        "batch_size": size,
+        "batches": len(batches),
+        **stage_summary(middle, images, sync_cost(device)),
+    }
+
+
+def _copy_bytes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The batch's file bytes in one pinned buffer, copied to `device` in one transfer."""
+    flat = torch.cat(tensors)
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    return flat.to(device, non_blocking=True)
+
+
+class StageClock:
+    """Sums, per stage name, (host seconds, total seconds) over the calls timed."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, tuple[float, float]] = {}
+
+    def time(self, name: str, work: Callable):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = work()
+        host = time.perf_counter() - t0
+        sync(self.device)
+        total = time.perf_counter() - t0
+        h, t = self.totals.get(name, (0.0, 0.0))
+        self.totals[name] = (h + host, t + total)
+        return out
+
+
+def sync_cost(device: torch.device, n: int = 100) -> float:
+    """Seconds of one synchronize with nothing queued (0 on a CPU, which has none)."""
+    if device.type != "cuda":
+        return 0.0
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def stage_summary(totals: dict[str, tuple[float, float]], images: int, sync_s: float) -> dict:
+    """Per stage, from its summed (host s, total s) over `images` images: "host_s",
+    "total_s", "us_per_image" (total), "host_share" (host / total) and "img_s" (images /
+    total). Then "main_img_s": the training process's ceiling, images / the sum of the
+    MAIN_STAGES' totals (one thread does them one after another), "worker_img_s": one
+    worker's, images / the WORKER_STAGES' sum; "slowest_main_stage"; "sync_s"."""
+    stages = {}
+    for name, (host, total) in totals.items():
+        stages[name] = {
+            "host_s": host,
+            "total_s": total,
+            "us_per_image": 1e6 * total / images,
+            "host_share": host / total if total > 0 else float("nan"),
+            "img_s": images / total if total > 0 else float("nan"),
+        }
+    main = sum(totals[s][1] for s in MAIN_STAGES if s in totals)
+    worker = sum(totals[s][1] for s in WORKER_STAGES if s in totals)
+    present = [s for s in MAIN_STAGES if s in totals]
+    return {
+        "images": images,
+        "stages": stages,
+        "main_img_s": images / main if main > 0 else float("nan"),
+        "worker_img_s": images / worker if worker > 0 else float("nan"),
+        "slowest_main_stage": max(present, key=lambda s: totals[s][1]) if present else None,
+        "sync_s": sync_s,
+    }

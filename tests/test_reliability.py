@@ -212,7 +212,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not last_path(tmp_path / "run").exists()
 
 
-def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+def test_unreadable_newest_checkpoint_is_kept_aside_with_a_warning(tmp_path):
     save_checkpoint(
         {"model": {}, "global_step": 6, "epoch": 1}, tmp_path / "checkpoint_epoch_001.pth"
     )
@@ -220,7 +220,10 @@ def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     warnings: list[str] = []
     path, state = load_resume_state(tmp_path, warnings.append)
     assert path.name == "checkpoint_epoch_001.pth" and state["global_step"] == 6
-    assert len(warnings) == 1 and "last.pth" in warnings[0] and "falling back" in warnings[0]
+    aside = tmp_path / "last.pth.unreadable"
+    assert aside.read_bytes() == b"\x00garbage from a dying disk"
+    assert len(warnings) == 1 and warnings[0].startswith(f"'{last_path(tmp_path)}' is not ")
+    assert warnings[0].endswith(f"; kept it as '{aside}' and resuming from '{path}'")
 
 
 def test_last_wins_when_it_is_further_along(tmp_path):

@@ -294,6 +294,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, args.workers,
                         progress=True)
+    if s.removed_temps:
+        print(s.removed_temps)
     print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
           f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
     if s.bad:

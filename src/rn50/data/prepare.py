@@ -18,9 +18,10 @@ the same file names, so labels are the same. Per file:
 
 Resumable: each file is written to a hidden temporary name and renamed, so a file under its
 final name is complete, and a second run skips those (after a kill, run the same command
-again). The settings are recorded in DST/.rn50-prepare.json, and resuming with other settings is
-refused; DST/.rn50-prepared.json is written when every file is done. At the end the index of
-the copy is cached, so the first training start on it does not list 1.28M files again.
+again; it removes the temporary files the killed run left). The settings are recorded in
+DST/.rn50-prepare.json, and resuming with other settings is refused; DST/.rn50-prepared.json
+is written when every file is done. At the end the index of the copy is cached, so the first
+training start on it does not list 1.28M files again.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from rn50.data.check.scan import _truncated_images_refused, default_workers
 from rn50.data.layout import find_dataset
 from rn50.data.transforms import to_rgb
 from rn50.errors import DataError
-from rn50.fileio import atomic_write_text
+from rn50.fileio import atomic_write_text, remove_stale_temps, temp_path
 
 SETTINGS_FILE = ".rn50-prepare.json"
 DONE_FILE = ".rn50-prepared.json"
@@ -61,6 +62,7 @@ class PrepareSummary:
     resized: int = 0
     converted: int = 0  # not a plain RGB/grayscale JPEG: re-encoded as RGB JPEG
     bad: list[str] = field(default_factory=list)  # unreadable: left out (relative paths)
+    removed_temps: str | None = None  # the line saying which files of killed writers went
 
 
 def prepare_dataset(
@@ -85,11 +87,13 @@ def prepare_dataset(
     settings = {"source": str(root), "max_side": max_side, "quality": quality}
     _claim(out, settings)
     summary = PrepareSummary(out_dir=str(out))
+    # A killed earlier run left its half-written files under hidden temporary names.
+    summary.removed_temps = remove_stale_temps(out, recursive=True)
 
     for loc in _loc_files(index):
         dest = out / loc.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        tmp = temp_path(dest)
         shutil.copyfile(loc, tmp)
         os.replace(tmp, dest)
 
@@ -210,7 +214,7 @@ def prepare_file(src: str, dest: str, max_side: int, quality: int) -> str:
                 payload = buf.getvalue()
     except Exception:  # unreadable, truncated, not an image, decompression bomb
         return "bad"
-    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.tmp{os.getpid()}")
+    tmp = temp_path(dest)
     with open(tmp, "wb") as f:
         f.write(payload)
     os.replace(tmp, dest)  # a file under its final name is complete: a resume skips it

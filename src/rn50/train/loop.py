@@ -339,21 +339,23 @@ class Trainer:
             good = load_resume_state(self.run_dir, self.log.warn)
         except CheckpointError:
             good = None
-        return f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written"
+        if good is None:
+            return "there is no earlier checkpoint"
+        return f"the last good checkpoint is {good[0]}"
 
     def weight_problems(self) -> list[str]:
         """What is non-finite in the weights and BatchNorm statistics (the EMA's too): one
         pass over them, so once an epoch or a save, not every step."""
         problems = []
-        modules = [("weight", self.module)]
+        modules = [("weights", self.module)]
         if self.ema is not None:
-            modules.append(("EMA weight", self.ema.module))
+            modules.append(("EMA weights", self.ema.module))
         for label, module in modules:
             bad = non_finite_tensors(module)
             if bad:
                 more = ", ..." if len(bad) > 3 else ""
                 problems.append(
-                    f"{len(bad)} {label} tensor(s) hold NaN/inf ({', '.join(bad[:3])}{more})"
+                    f"{len(bad)} tensor(s) of the {label} hold NaN/inf ({', '.join(bad[:3])}{more})"
                 )
         return problems
 

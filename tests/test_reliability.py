@@ -73,6 +73,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(straight_run, tiny_d
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Loaded checkpoint" in out.stdout
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
     assert_same_run(run_dir, straight_run)
 
 

@@ -1,5 +1,6 @@
 """A run survives SIGKILL at any moment, SIGTERM, bad images, a full disk and NaN losses."""
 
+import math
 import random
 import re
 import signal
@@ -72,6 +73,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(straight_run, tiny_d
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Loaded checkpoint" in out.stdout
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]
     assert_same_run(run_dir, straight_run)
 
 
@@ -212,7 +214,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not last_path(tmp_path / "run").exists()
 
 
-def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+def test_unreadable_newest_checkpoint_is_kept_aside_with_a_warning(tmp_path):
     save_checkpoint(
         {"model": {}, "global_step": 6, "epoch": 1}, tmp_path / "checkpoint_epoch_001.pth"
     )
@@ -220,7 +222,10 @@ def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     warnings: list[str] = []
     path, state = load_resume_state(tmp_path, warnings.append)
     assert path.name == "checkpoint_epoch_001.pth" and state["global_step"] == 6
-    assert len(warnings) == 1 and "last.pth" in warnings[0] and "falling back" in warnings[0]
+    aside = tmp_path / "last.pth.unreadable"
+    assert aside.read_bytes() == b"\x00garbage from a dying disk"
+    assert len(warnings) == 1 and warnings[0].startswith(f"'{last_path(tmp_path)}' is not ")
+    assert warnings[0].endswith(f"; kept it as '{aside}' and resuming from '{path}'")
 
 
 def test_last_wins_when_it_is_further_along(tmp_path):
@@ -249,3 +254,157 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypat
     assert "no space left" in str(e.value) and "\n" not in str(e.value)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+# -- a broken run never ends green ----------------------------------------------------------
+
+def poison_after_step(monkeypatch, at_step: int, poison) -> None:
+    """After global optimizer step `at_step` (1-based, this process), `poison(module)` breaks
+    the weights, as an update with a huge LR does: that step's loss was finite, so the loss
+    guard sees nothing until the next step."""
+    import rn50.train.loop as engine
+
+    real_step, steps = engine.train_step, {"n": 0}
+
+    def train_step(model, *args):
+        result = real_step(model, *args)
+        steps["n"] += 1
+        if steps["n"] == at_step:
+            with torch.no_grad():
+                poison(getattr(model, "module", model))
+        return result
+
+    monkeypatch.setattr(engine, "train_step", train_step)
+
+
+def nan_weight(module):
+    module.fc.weight.fill_(float("nan"))
+
+
+def inf_statistics(module):
+    module.bn1.running_var.fill_(float("inf"))
+
+
+def nan_every_training_loss(monkeypatch):
+    import rn50.train.loop as engine
+
+    real_build = engine.build_model
+
+    def build(cfg):
+        model = real_build(cfg)
+        model.register_forward_hook(
+            lambda module, inputs, out: out * float("nan") if module.training else out
+        )
+        return model
+
+    monkeypatch.setattr(engine, "build_model", build)
+
+
+def inf_val_loss(monkeypatch):
+    import rn50.train.loop as engine
+
+    real = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: {**real(*a, **k), "loss": math.inf})
+
+
+# case: (epochs, train settings, how it breaks, what the line says)
+BROKEN = {
+    "weights NaN in the run's last step": (
+        1, {}, lambda mp: poison_after_step(mp, STEPS, nan_weight),
+        "epoch 1: 1 tensor(s) of the weights hold NaN/inf (fc.weight); the validation loss is "
+        "nan; its checkpoint was not written and there is no earlier checkpoint",
+    ),
+    "weights NaN in the last step of epoch 2": (
+        2, {}, lambda mp: poison_after_step(mp, 2 * STEPS, nan_weight),
+        "epoch 2: 1 tensor(s) of the weights hold NaN/inf (fc.weight); the validation loss is "
+        "nan; its checkpoint was not written and the last good checkpoint is {run}"
+        "/checkpoint_epoch_001.pth",
+    ),
+    "BatchNorm statistics inf": (
+        1, {}, lambda mp: poison_after_step(mp, STEPS, inf_statistics),
+        # inf variances scale every input of the layer to 0: only the weights' check sees it
+        "epoch 1: 1 tensor(s) of the weights hold NaN/inf (bn1.running_var); its checkpoint",
+    ),
+    "EMA weights NaN": (
+        1, {"ema": True}, lambda mp: poison_after_step(mp, STEPS, nan_weight),
+        "epoch 1: 1 tensor(s) of the weights hold NaN/inf (fc.weight); 1 tensor(s) of the EMA "
+        "weights hold NaN/inf (fc.weight); the validation loss is nan; the raw weights' "
+        "validation loss is nan",
+    ),
+    "validation loss inf, weights finite": (
+        1, {}, inf_val_loss, "epoch 1: the validation loss is inf; its checkpoint was not "
+        "written",
+    ),
+    "every loss NaN, fewer steps than max_bad_steps": (
+        1, {"max_bad_steps": 20}, nan_every_training_loss,
+        "epoch 1: no step was applied (every loss was NaN/inf); its checkpoint was not written",
+    ),
+    "weights NaN at a rolling save": (
+        1, {"save_every_steps": 1}, lambda mp: poison_after_step(mp, 3, nan_weight),
+        "epoch 1 step 3: 1 tensor(s) of the weights hold NaN/inf (fc.weight); last.pth was not "
+        "written and the last good checkpoint is {run}/last.pth",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_run_exits_3_and_saves_nothing_broken(tiny_data, tmp_path, monkeypatch, capsys,
+                                                       case):
+    epochs, train, breaks, said = BROKEN[case]
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(tiny_data, run_dir, model={"arch": "resnet18"},
+                      train={"epochs": epochs, "precision": "fp32", **train})
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    breaks(monkeypatch)
+    rc = main(["train", "--config", str(config_file)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3
+    assert err[-1].startswith("rn50: error: ") and "Traceback" not in "\n".join(err)
+    assert said.format(run=run_dir) in err[-1], err[-1]
+    assert err[-1].endswith("; lower optim.max_lr or use bf16/fp32")
+    # Nothing broken was saved: no checkpoint of the broken epoch, and every file a resume or
+    # predict would read holds finite weights.
+    assert not (run_dir / f"checkpoint_epoch_{epochs:03d}.pth").exists()
+    metrics = run_dir / "metrics.jsonl"
+    saved = read_metrics(metrics) if metrics.exists() else []
+    assert [r["epoch"] for r in saved] == list(range(1, epochs))
+    best = run_dir / "model_best.pth"
+    assert best.exists() == (epochs > 1)
+    for path in [best, *run_dir.glob("checkpoint_epoch_*.pth"), last_path(run_dir)]:
+        if path.exists():
+            state = load_checkpoint(path)
+            for key in ("model", "train_model"):
+                assert all(torch.isfinite(t).all() for t in state.get(key, {}).values()
+                           if t.is_floating_point()), (path, key)
+
+
+def test_nan_streak_goes_on_across_an_epoch_end(tiny_data, tmp_path, monkeypatch, capsys):
+    import rn50.train.loop as engine
+
+    real_build, calls = engine.build_model, {"n": 0}
+
+    def poisoned(cfg):
+        model = real_build(cfg)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] > STEPS - 2:  # from epoch 1, step 5 on
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(engine, "build_model", poisoned)
+    cfg = tiny_config(tiny_data, tmp_path / "run", model={"arch": "resnet18"},
+                      train={"max_bad_steps": 4, "precision": "fp32"})
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.to_yaml())
+    rc = main(["train", "--config", str(config_file)])
+    err = capsys.readouterr().err
+    assert rc == 3
+    # Steps 5 and 6 of epoch 1, then 1 and 2 of epoch 2: four in a row.
+    assert "rn50: error: loss was NaN/inf for 4 steps in a row (epoch 2, step 2, lr " in err, err
+    assert (tmp_path / "run" / "checkpoint_epoch_001.pth").exists()  # 4 steps applied: saved

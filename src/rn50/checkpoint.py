@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from rn50.errors import CheckpointError, StorageError
+from rn50.errors import CheckpointError, StorageError, one_line
 from rn50.fileio import atomic_open, atomic_write_with
 
 FORMAT = "rn50-checkpoint"
@@ -214,24 +214,49 @@ def epoch_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def load_resume_state(run_dir: str | os.PathLike, warn) -> tuple[Path, dict] | None:
-    """The furthest-along readable checkpoint in run_dir: last.pth or the newest epoch file.
+    """The furthest-along readable checkpoint in run_dir: last.pth or the newest epoch file
+    (None when run_dir holds neither).
 
-    An unreadable candidate (a disk error, a file cut short outside rn50) is reported through
-    `warn` and skipped, falling back to the previous good one.
+    An unreadable candidate (a disk error, a file cut short outside rn50) is never deleted or
+    overwritten: when a readable one is behind it, it is renamed to NAME.unreadable (the run
+    would otherwise write over it) and `warn` says so and which file the run resumes from;
+    when none is readable, CheckpointError says what to do (nothing is changed).
     """
     found: list[tuple[Path, dict]] = []
+    bad: list[tuple[Path, CheckpointError]] = []
     candidates = [last_path(run_dir)] if last_path(run_dir).exists() else []
     for path in candidates + epoch_checkpoints(run_dir):
         try:
             found.append((path, load_checkpoint(path)))
         except CheckpointError as e:
-            warn(f"{e}; falling back to the previous checkpoint")
+            bad.append((path, e))
             continue
         if path.name != last_path(run_dir).name:
             break  # the newest readable epoch file; older ones are behind it
+    if bad and not found:
+        names = ", ".join(f"'{p}'" for p, _ in bad)
+        raise CheckpointError(
+            f"{one_line(bad[0][1])}; no readable checkpoint is left to resume from ({names}): "
+            f"move the file(s) away to start this run again from scratch, or use a new "
+            f"train.checkpoint_dir"
+        )
     if not found:
         return None
-    return max(found, key=lambda item: item[1].get("global_step", 0))
+    chosen = max(found, key=lambda item: item[1].get("global_step", 0))
+    for path, e in bad:
+        kept = set_aside(path)
+        warn(f"{one_line(e)}; kept it as '{kept}' and resuming from '{chosen[0]}'")
+    return chosen
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to NAME.unreadable (NAME.unreadable.N when taken), out
+    of the way of the files a run writes; returns the new path."""
+    target, n = path.with_name(path.name + ".unreadable"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.unreadable.{n}"), n + 1
+    os.replace(path, target)
+    return target
 
 
 def check_classes(state: dict, num_classes: int, path: str | os.PathLike) -> None:

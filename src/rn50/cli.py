@@ -381,6 +381,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
                         progress=True)
     for line in s.warnings:  # entries set aside while indexing: not copied
         print(f"warning: {line}", file=sys.stderr)
+    if s.removed_temps:
+        print(s.removed_temps)
     print(f"Prepared {s.out_dir}: {s.total - len(s.bad)} of {s.total} files ({s.resized} "
           f"resized, {s.copied} copied, {s.converted} converted, {s.already_done} done before)")
     if s.bad:

@@ -22,7 +22,9 @@ class StorageError(UserError):
 
 
 class Diverged(Exception):
-    """The training loss stayed NaN/inf for train.max_bad_steps steps in a row."""
+    """The run broke: the training loss stayed NaN/inf for train.max_bad_steps steps in a row,
+    or an epoch ended (or a rolling save came) with NaN/inf weights, BatchNorm statistics or
+    validation loss, or with no step applied. Nothing of the broken state was saved."""
 
 
 def one_line(e: BaseException) -> str:

@@ -1,10 +1,85 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one; and the
+removal of the temporary files that killed writers left behind."""
 
 import contextlib
 import os
+import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+# A writer's temporary file: ".<name>.tmp-<host>-<pid>"; ".<name>.tmp<pid>" before the host was
+# part of the name.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?:-(?P<host>.+)-)?(?P<pid>\d+)$")
+
+
+def host_name() -> str:
+    """This machine's name as it appears in temporary file names (no path separators)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The hidden temporary file beside `path` that this process writes before renaming it
+    to `path`: ".<name>.tmp-<host>-<pid>", so that remove_stale_temps knows its writer."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{host_name()}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts)."""
+    if pid <= 0:
+        return True  # not a process id: never taken for a dead writer
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False  # larger than any process id
+    return True
+
+
+def stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Temporary files under `folder` (named as temp_path names them) whose writer is gone:
+    written on this machine by a process that no longer runs. Files of other machines (a
+    shared filesystem) are never listed; names without a host (written before the host was
+    part of the name) are taken for this machine's."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    here = host_name()
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    found = []
+    for parent, _, names in walk:
+        for name in names:
+            m = TEMP_NAME.match(name)
+            if m is None or m.group("host") not in (None, here) or pid_alive(int(m.group("pid"))):
+                continue
+            path = Path(parent) / name
+            if path.is_file() and not path.is_symlink():
+                found.append(path)
+    return sorted(found)
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> str | None:
+    """Delete stale_temps(folder, recursive); returns the line that says what was removed
+    (how many, their size and the first names), or None when there was nothing."""
+    removed, size = [], 0
+    for path in stale_temps(folder, recursive):
+        with contextlib.suppress(FileNotFoundError):
+            size += path.stat().st_size
+            path.unlink()
+            removed.append(path)
+    if not removed:
+        return None
+    names = ", ".join(str(p.relative_to(folder)) for p in removed[:5])
+    more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+    return (
+        f"Removed {len(removed)} temporary file(s) of killed writers ({size / 1e6:.1f} MB) "
+        f"in {folder}: {names}{more}"
+    )
 
 
 @contextlib.contextmanager
@@ -16,7 +91,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, mode) as f:
             yield f

@@ -66,13 +66,6 @@ class RunLog:
             f.flush()
             os.fsync(f.fileno())
 
-    def drop_metrics_after(self, epoch: int) -> None:
-        """On resume from epoch N, forget records of later epochs (their checkpoint was lost)."""
-        if not self.enabled or not self.metrics_path.exists():
-            return
-        kept = [r for r in read_metrics(self.metrics_path) if r.get("epoch", 0) <= epoch]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
     def append_step(self, record: dict[str, Any]) -> None:
         """One line of steps.jsonl (per-step LR and momentum), written through at once: a
         kill loses no step before the checkpoint a resume starts from."""

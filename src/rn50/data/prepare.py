@@ -21,9 +21,10 @@ the same file names, so labels are the same. Per file:
 
 Resumable: each file is written to a hidden temporary name and renamed, so a file under its
 final name is complete, and a second run skips those (after a kill, run the same command
-again). The settings are recorded in DST/.rn50-prepare.json, and resuming with other settings is
-refused; DST/.rn50-prepared.json is written when every file is done. At the end the index of
-the copy is cached, so the first training start on it does not list 1.28M files again.
+again; it removes the temporary files the killed run left). The settings are recorded in
+DST/.rn50-prepare.json, and resuming with other settings is refused; DST/.rn50-prepared.json
+is written when every file is done. At the end the index of the copy is cached, so the first
+training start on it does not list 1.28M files again.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from rn50.data.image import (
 )
 from rn50.data.layout import find_dataset, index_warnings
 from rn50.errors import DataError
-from rn50.fileio import atomic_write_text
+from rn50.fileio import atomic_write_text, remove_stale_temps, temp_path
 from rn50.resources import available_cpus
 
 SETTINGS_FILE = ".rn50-prepare.json"
@@ -75,6 +76,7 @@ class PrepareSummary:
     bad: list[str] = field(default_factory=list)  # unreadable: left out (relative paths)
     # what indexing set aside or had to guess (rn50.data.layout.index_warnings): not copied
     warnings: list[str] = field(default_factory=list)
+    removed_temps: str | None = None  # the line saying which files of killed writers went
 
 
 def prepare_dataset(
@@ -99,11 +101,13 @@ def prepare_dataset(
     settings = {"source": str(root), "max_side": max_side, "quality": quality}
     _claim(out, settings)
     summary = PrepareSummary(out_dir=str(out), warnings=index_warnings(index))
+    # A killed earlier run left its half-written files under hidden temporary names.
+    summary.removed_temps = remove_stale_temps(out, recursive=True)
 
     for loc in _loc_files(index):
         dest = out / loc.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        tmp = temp_path(dest)
         shutil.copyfile(loc, tmp)
         os.replace(tmp, dest)
 
@@ -229,7 +233,7 @@ def prepare_file(src: str, dest: str, max_side: int, quality: int) -> str:
                 payload = buf.getvalue()
     except Exception:  # unreadable, truncated, not an image, decompression bomb
         return "bad"
-    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.tmp{os.getpid()}")
+    tmp = temp_path(dest)
     with open(tmp, "wb") as f:
         f.write(payload)
     os.replace(tmp, dest)  # a file under its final name is complete: a resume skips it

@@ -2,6 +2,7 @@
 (Trainer.fit), each readable top to bottom. The step, the guards, resume state, evaluation
 and records each live in their own module of this package."""
 
+import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,8 @@ from rn50.data.auto import choose_data
 from rn50.data.batch import to_device
 from rn50.data.schedule import resolution_at
 from rn50.ema import ModelEMA, recompute_bn_statistics
-from rn50.errors import Diverged
+from rn50.errors import CheckpointError, Diverged
+from rn50.fileio import remove_stale_temps
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
 from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
@@ -44,6 +46,7 @@ from rn50.train.resume import (
     initial_weights,
     restore,
 )
+from rn50.train.run_files import repair_run_dir
 from rn50.train.runtime import make_runtime, parallelize, precision_name, train_resolutions
 from rn50.train.step import (
     DEFERRED_CHECK_EVERY,
@@ -54,6 +57,7 @@ from rn50.train.step import (
     PendingChecks,
     allow_skipped_steps,
     micro_batches,
+    non_finite_tensors,
     train_step,
 )
 
@@ -71,6 +75,10 @@ class Trainer:
         self.index = load_index(cfg.data, cfg.model.num_classes)
         self.run_dir = Path(cfg.train.checkpoint_dir)
         self.log = log = RunLog(self.run_dir, enabled=dist.is_main())
+        if dist.is_main():  # files of a killed process's writes, under temporary names
+            removed = remove_stale_temps(self.run_dir)
+            if removed:
+                log.log(removed)
         log.log(f"Dataset: {self.index.root} ({self.index.layout} layout)")
         log.log(f"Number of training samples: {len(self.index.train)}")
         log.log(f"Number of validation samples: {len(self.index.val)}")
@@ -134,9 +142,12 @@ class Trainer:
             resumed = restore(self, *found, log)
             self.progress = resumed.progress
             self.start_step, self.meter_sums = resumed.start_step, resumed.meter_sums
+        if cfg.train.resume:  # what a kill between two of an epoch's writes left
+            repair_run_dir(log, self.progress.epoch, found)
         # Only now: a refused resume (another schedule) must not overwrite the run's config.
         log.write_config(cfg.to_yaml())  # resolved: max_lr is a number from here on
         self.saves = RollingSaves(cfg.train, self.steps_per_epoch)
+        self.streak = NonFiniteStreak(cfg.train.max_bad_steps)  # across epochs
         self.records = Records(cfg, log, rt, self.optimizer, self.scheduler)
         p, step = self.progress, self.scheduler.last_epoch
         where = {"epoch": p.epoch, "step_in_epoch": self.start_step, "global_step": step}
@@ -164,6 +175,7 @@ class Trainer:
                 train, train_s = self.train_epoch(epoch, guard)
                 t0 = time.perf_counter()
                 val, raw = self.validate(epoch)
+                self.check_epoch(epoch, train, val, raw)
                 record = self.end_epoch(epoch, train, val, train_s, time.perf_counter() - t0, raw)
                 if dist.any_true(guard.received is not None) and epoch < cfg.train.epochs:
                     log.log(
@@ -176,6 +188,7 @@ class Trainer:
                 f"Training already complete: {self.run_dir} holds epoch "
                 f"{self.progress.epoch}/{cfg.train.epochs}"
             )
+            self.records.draw_curves(self.progress.epoch)  # a kill may have come before it
         best = self.progress
         log.log(
             f"\nBest val top-1: {best.best_top1:.2f}% (epoch {best.best_epoch}); "
@@ -204,7 +217,7 @@ class Trainer:
         deferred = cfg.train.sync_check == "deferred"
         buffers = DeviceGuard(self.module, self.optimizer) if deferred else BufferGuard(self.module)
         pending = PendingChecks((cfg.train.log_every or DEFERRED_CHECK_EVERY) if deferred else 1)
-        streak = NonFiniteStreak(cfg.train.max_bad_steps)
+        streak = self.streak  # across epochs
         bad_files = BadFileBudget(
             cfg.data.max_bad_fraction * self.steps_per_epoch * rank_images,
             cfg.data.max_bad_fraction,
@@ -354,6 +367,7 @@ class Trainer:
         """The rolling mid-epoch checkpoint: every rank calls it at the same step (the meter's
         sums are all-reduced), rank 0 writes it and gets its path."""
         self.saves.saved()
+        self.stop_if_broken(f"epoch {epoch} step {step}", self.weight_problems(), "last.pth")
         sums = dist.sum_over_ranks(meter.sums)
         if not dist.is_main():
             return None
@@ -375,11 +389,63 @@ class Trainer:
 
     def diverged_message(self, epoch: int, step: int, streak: int) -> str:
         """The one line of a run stopped by `streak` non-finite losses in a row."""
-        good = load_resume_state(self.run_dir, self.log.warn)
-        keep = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written"
         return (
             f"loss was NaN/inf for {streak} steps in a row (epoch {epoch}, step {step}, lr "
-            f"{current_lr(self.optimizer):.4g}); {keep}; lower optim.max_lr or use bf16/fp32"
+            f"{current_lr(self.optimizer):.4g}); {self.last_good()}; lower optim.max_lr or use "
+            f"bf16/fp32"
+        )
+
+    def last_good(self) -> str:
+        """Which checkpoint a rerun resumes from, for the line of a stopped run (rank 0 looks;
+        an unreadable file is left as it is, or set aside as load_resume_state does)."""
+        if not dist.is_main():
+            return "rank 0 names the last good checkpoint"
+        try:
+            good = load_resume_state(self.run_dir, self.log.warn)
+        except CheckpointError:
+            good = None
+        if good is None:
+            return "there is no earlier checkpoint"
+        return f"the last good checkpoint is {good[0]}"
+
+    def weight_problems(self) -> list[str]:
+        """What is non-finite in the weights and BatchNorm statistics (the EMA's too): one
+        pass over them, so once an epoch or a save, not every step."""
+        problems = []
+        modules = [("weights", self.module)]
+        if self.ema is not None:
+            modules.append(("EMA weights", self.ema.module))
+        for label, module in modules:
+            bad = non_finite_tensors(module)
+            if bad:
+                more = ", ..." if len(bad) > 3 else ""
+                problems.append(
+                    f"{len(bad)} tensor(s) of the {label} hold NaN/inf ({', '.join(bad[:3])}{more})"
+                )
+        return problems
+
+    def check_epoch(self, epoch: int, train: dict, val: dict, raw: dict | None) -> None:
+        """Raise Diverged, before anything of epoch `epoch` is written, when it must not be
+        saved: its weights, BatchNorm statistics or validation loss are NaN/inf (they would
+        become model_best.pth, and a resume would go on from them), or none of its steps was
+        applied (every loss was NaN/inf: it trained nothing)."""
+        problems = self.weight_problems()
+        for label, result in (("validation loss", val), ("raw weights' validation loss", raw)):
+            if result is not None and not math.isfinite(result["loss"]):
+                problems.append(f"the {label} is {result['loss']}")
+        if train["count"] == 0 and self.streak.count > 0:
+            problems.append("no step was applied (every loss was NaN/inf)")
+        self.stop_if_broken(f"epoch {epoch}", problems, "its checkpoint")
+
+    def stop_if_broken(self, where: str, problems: list[str], unsaved: str) -> None:
+        """Raise Diverged on every rank when any rank found `problems` at `where`; `unsaved`:
+        the file that is then not written."""
+        if not dist.any_true(bool(problems)):
+            return
+        found = "; ".join(problems) or "another rank found NaN/inf values"
+        raise Diverged(
+            f"{where}: {found}; {unsaved} was not written and {self.last_good()}; lower "
+            f"optim.max_lr or use bf16/fp32"
         )
 
 

@@ -80,14 +80,18 @@ class Records:
 
     def after_epoch(self, record: dict) -> None:
         """The epoch's TensorBoard points and curves.png (rank 0)."""
-        from rn50.plots import save_curves
-
         wait = self.train_report.data_wait_share if self.train_report is not None else None
         self.board.epoch(record, wait)
+        self.draw_curves(record["epoch"])
+
+    def draw_curves(self, epoch: int) -> None:
+        """curves.png from metrics.jsonl and steps.jsonl, titled with `epoch` (rank 0)."""
+        from rn50.plots import save_curves
+
         if not dist.is_main():
             return
         cfg = self.cfg
-        title = f"{self.run_dir.name}: {cfg.model.arch}, epoch {record['epoch']}/{cfg.train.epochs}"
+        title = f"{self.run_dir.name}: {cfg.model.arch}, epoch {epoch}/{cfg.train.epochs}"
         try:
             save_curves(
                 read_metrics(self.log.metrics_path),

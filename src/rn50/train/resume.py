@@ -145,7 +145,8 @@ def check_global_batch(state: dict, path: Path, cfg: Config, global_batch: int) 
 
 def restore(run, path: Path, state: dict, log) -> Resumed:
     """Put `run`'s weights, EMA, optimizer, schedule, scaler and RNG back where checkpoint
-    `state` (read from `path`) left them; metrics.jsonl lines of later epochs are dropped.
+    `state` (read from `path`) left them (run_files.repair_run_dir then puts the run dir's
+    records in line with it).
 
     Raises CheckpointError for another global batch or another schedule length.
     """
@@ -175,7 +176,6 @@ def restore(run, path: Path, state: dict, log) -> Resumed:
         where += f", step {step}/{run.steps_per_epoch}"
     log.log(f"Loaded checkpoint '{path}' ({where})")
     log.log(f"Previous best accuracy: {progress.best_top1:.2f}% (epoch {progress.best_epoch})")
-    log.drop_metrics_after(done)
     return Resumed(progress, step, sums)
 
 

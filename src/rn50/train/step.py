@@ -1,5 +1,6 @@
 """One optimizer step (`train_step`) and the guards around it: the BatchNorm statistics of
-a skipped step put back, a streak of non-finite losses counted, undecodable files budgeted."""
+a skipped step put back, a streak of non-finite losses counted, non-finite weights found,
+undecodable files budgeted."""
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -232,7 +233,8 @@ class PendingChecks:
 
 
 class NonFiniteStreak:
-    """Counts optimizer steps skipped in a row for a non-finite loss (train.max_bad_steps)."""
+    """Counts optimizer steps skipped in a row for a non-finite loss (train.max_bad_steps);
+    one counter for the whole run, so a streak goes on across an epoch's end."""
 
     def __init__(self, limit: int):
         self.limit, self.count = limit, 0
@@ -241,6 +243,21 @@ class NonFiniteStreak:
         """Count one step; True when `limit` steps in a row were skipped (the run diverged)."""
         self.count = 0 if applied else self.count + 1
         return self.count >= self.limit
+
+
+def non_finite_tensors(module: nn.Module) -> list[str]:
+    """Names of `module`'s floating-point parameters and buffers (BatchNorm statistics) that
+    hold a NaN or an inf, in module order. One pass over the weights and one host sync: meant
+    for once an epoch or once a save, not every step."""
+    named = [
+        (name, t)
+        for name, t in [*module.named_parameters(), *module.named_buffers()]
+        if t.is_floating_point()
+    ]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 
 class BadFileBudget:

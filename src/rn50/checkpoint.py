@@ -136,3 +136,71 @@ def check_classes(state: dict, num_classes: int, path: str | os.PathLike) -> Non
             f"'{path}' was trained for {have} classes but this run has {num_classes}; "
             f"use a checkpoint from a run on the same dataset"
         )
+
+
+# Wrappers' prefixes in a saved state_dict: DistributedDataParallel's and torch.compile's.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Keys without the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add, in any
+    order and number: "_orig_mod.module.fc.weight" -> "fc.weight"."""
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain state_dict from `path` (e.g. torchvision's resnet50 weights as a user saved
+    them), without running any code in it: a .safetensors file, or a torch.save file loaded
+    with weights_only=True, the dict itself or under "state_dict" or "model" (an rn50
+    checkpoint); wrapper prefixes stripped. Raises CheckpointError with one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no weights file at '{p}'; pass a state_dict saved with "
+                              f"torch.save or safetensors")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling and header errors come in many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"'{p}' is not a loadable weights file ({reason[:160]})") from None
+    if isinstance(state, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not (isinstance(state, dict) and state
+            and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"'{p}' does not hold a state_dict (a dict of tensors)")
+    return strip_prefixes(state)
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, path: str | os.PathLike,
+                 what: str) -> None:
+    """model.load_state_dict(state_dict, strict=True), or CheckpointError with one line that
+    names the first key whose shape differs, or the missing and unexpected keys; `what`
+    describes the model, e.g. "resnet50 with 1000 classes"."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key in state_dict and state_dict[key].shape != value.shape:
+            have = "x".join(map(str, state_dict[key].shape)) or "scalar"
+            want = "x".join(map(str, value.shape)) or "scalar"
+            raise CheckpointError(
+                f"'{path}' does not fit {what}: {key} is {have} in the file but {want} in the "
+                f"model"
+            )
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} keys missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0][:80]})"] if unexpected else []
+        raise CheckpointError(f"'{path}' does not fit {what}: {', '.join(parts)}")
+    model.load_state_dict(state_dict, strict=True)

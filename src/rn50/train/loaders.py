@@ -11,16 +11,16 @@ from rn50.errors import ConfigError, DataError
 from rn50.train.runtime import Runtime
 
 
-def load_index(cfg: DataConfig, num_classes: int) -> DatasetIndex:
+def load_index(cfg: DataConfig, num_classes: int | None) -> DatasetIndex:
     """Find the dataset (data.data_dir, minus data.skip_list) and check it against
-    model.num_classes.
+    model.num_classes (None: the caller checks the classes itself).
 
     Raises ConfigError (missing folder, another class count) or DataError (no dataset there).
     """
     index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
         index = apply_skip_list(index, read_skip_list(cfg.skip_list))
-    if len(index.classes) != num_classes:
+    if num_classes is not None and len(index.classes) != num_classes:
         raise ConfigError(
             f"model.num_classes is {num_classes} but {index.root} has {len(index.classes)} "
             f"classes; set model.num_classes={len(index.classes)}"

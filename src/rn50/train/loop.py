@@ -238,7 +238,7 @@ class Trainer:
         # rank 0's everywhere. The plain module: evaluation needs no DDP.
         dist.broadcast_buffers(self.module)
         report = self.records.reporter("val", len(self.val_data))
-        val = evaluate(self.module, self.val_data, self.rt, report)
+        val = evaluate(self.module, self.val_data, self.rt, report, self.cfg.eval.flip)
         if self.ema is None:
             return val, None
         self.train_data.sampler.set_epoch(epoch)  # this epoch's first batches again
@@ -247,7 +247,8 @@ class Trainer:
         )
         dist.broadcast_buffers(self.ema.module)
         report = self.records.reporter("val (EMA)", len(self.val_data))
-        return evaluate(self.ema.module, self.val_data, self.rt, report), val
+        flip = self.cfg.eval.flip
+        return evaluate(self.ema.module, self.val_data, self.rt, report, flip), val
 
     def end_epoch(
         self, epoch: int, train: dict, val: dict, train_s: float, val_s: float, raw: dict | None

@@ -115,8 +115,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint, or torchvision-format weights, on the validation set: val loss,
-    top-1 and top-5.
+    """Evaluate a checkpoint or torchvision-format weights on the val set: loss, top-1, top-5.
 
     --checkpoint: the checkpoint's own config is used (data, resolution, model, eval.flip);
     --config and --set change it, e.g. --set data.data_dir=/other/imagenet.

@@ -178,17 +178,14 @@ def test_onnx_export_and_predict_average_the_two_passes(capsys, flip_ckpt, tmp_p
     np.testing.assert_allclose(Predictor.from_checkpoint(flip_ckpt).logits(photos), expected,
                                atol=1e-4)
 
-    rc = main(["predict", "--onnx", str(out), "--json", "--top", "3", *[]] + [str(
-        _save(photos[0], tmp_path / "a.jpg"))])
-    assert rc == 0
+    image = tmp_path / "a.jpg"
+    photos[0].save(image, quality=95)
+    assert main(["predict", "--onnx", str(out), "--json", "--top", "3", str(image)]) == 0
     top = json.loads(capsys.readouterr().out)[0]["top"]
-    want = Predictor.from_onnx(out).predict([load_rgb(tmp_path / "a.jpg")], 3)[0]
-    assert [t["index"] for t in top] == [p.index for p in want]
-
-
-def _save(img, path):
-    img.save(path, quality=95)
-    return path
+    x = preprocess([load_rgb(image)], info)
+    two = (session.run(None, {"images": x})[0]
+           + session.run(None, {"images": np.ascontiguousarray(x[..., ::-1])})[0]) / 2
+    assert [t["index"] for t in top] == np.argsort(-two[0], kind="stable")[:3].tolist()
 
 
 def test_space_and_app_say_when_the_flip_is_on(capsys, flip_ckpt, tmp_path, monkeypatch):
@@ -212,3 +209,26 @@ def test_space_and_app_say_when_the_flip_is_on(capsys, flip_ckpt, tmp_path, monk
     app.serve(str(flip_ckpt))
     texts = [b.value for b in shown["demo"].blocks.values() if isinstance(b, gr.Markdown)]
     assert any(FLIP_LINE in (t or "") for t in texts), texts
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_and_safetensors_record_the_flip(capsys, flip_ckpt, tmp_path):
+    """The files hold the plain network; their JSON says that the runner averages the two."""
+    from safetensors import safe_open
+
+    model, _, _ = load_for_inference(flip_ckpt)
+    out = tmp_path / "m.torchscript.pt"
+    assert main(["export", "--checkpoint", str(flip_ckpt), "--format", "torchscript",
+                 "--out", str(out)]) == 0
+    assert "Flip TTA (eval.flip) is on" in capsys.readouterr().out
+    files = {"rn50.json": ""}
+    scripted = torch.jit.load(str(out), _extra_files=files)
+    assert json.loads(files["rn50.json"])["flip"] is True
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))  # one pass: no flip inside
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(flip_ckpt), "--format", "safetensors",
+                 "--out", str(out)]) == 0
+    with safe_open(out, "pt") as f:
+        assert ModelInfo.from_json(f.metadata()["rn50"]).flip is True

@@ -35,6 +35,7 @@ def make_checkpoint(
     probabilities: list[float] | None = None,
     seed: int = 0,
     blurpool: bool = False,
+    flip: bool = False,
 ) -> Path:
     """An rn50 checkpoint of a randomly initialized model over CLASSES.
 
@@ -49,6 +50,7 @@ def make_checkpoint(
     torch.manual_seed(seed)
     cfg.model.zero_init_residual = False  # random blocks: outputs that depend on the image
     cfg.model.blurpool = blurpool
+    cfg.eval.flip = flip
     model = build_model(cfg.model)
     if probabilities is not None:
         with torch.no_grad():

@@ -44,6 +44,7 @@ FFCV_KNOBS = {
     ("optim", "anneal_strategy"): "linear",
     ("optim", "three_phase"): False,
     ("train", "label_smoothing"): 0.1,
+    ("eval", "flip"): True,  # validation.lr_tta
 }
 
 

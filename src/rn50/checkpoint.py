@@ -317,3 +317,42 @@ def class_mapping(state: dict, classes: Sequence[str], path: str | os.PathLike) 
             f"({first_difference(saved, classes)}); evaluate it on the dataset it was trained on"
         )
     return [position[c] for c in classes]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A plain state_dict from `path` (e.g. torchvision's resnet50 weights as a user saved
+    them), without running any code in it: a .safetensors file, or a torch.save file loaded
+    with weights_only=True, the dict itself or under "state_dict" or "model" (an rn50
+    checkpoint); wrapper prefixes stripped. Raises CheckpointError with one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no weights file at '{p}'; pass a state_dict saved with "
+                              f"torch.save or safetensors")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling and header errors come in many types
+        refused = isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower()
+        found = pickled_object(p, str(e)) if refused else None
+        if found:
+            raise CheckpointError(
+                f"'{p}' holds pickled Python objects (e.g. {found}); rn50 loads only tensors "
+                f"and plain data, and will not unpickle it"
+            ) from None
+        reason = "not a PyTorch weights file, or a damaged one" if refused else plain_reason(e)
+        raise CheckpointError(f"'{p}' is not a loadable weights file ({reason})") from None
+    if isinstance(state, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not (isinstance(state, dict) and state
+            and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"'{p}' does not hold a state_dict (a dict of tensors)")
+    return strip_prefixes(state)

@@ -115,34 +115,56 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint on the validation set: val loss, top-1 and top-5.
+    """Evaluate a checkpoint or torchvision-format weights on the val set: loss, top-1, top-5.
 
-    The checkpoint's own config is used (data, resolution, model); --config and --set change it,
-    e.g. --set data.data_dir=/other/imagenet. Under torchrun each process evaluates its
-    share of the images and rank 0 prints the totals. The checkpoint's class ids are compared
-    with the dataset's: a dataset class the checkpoint does not know stops it with one line;
-    the same ids in another order (or a subset of them) are scored by id, and it says so.
-    Unreadable images are named in warnings and counted.
+    --checkpoint: the checkpoint's own config is used (data, resolution, model, eval.flip);
+    --config and --set change it, e.g. --set data.data_dir=/other/imagenet. The checkpoint's
+    class ids are compared with the dataset's: a dataset class the checkpoint does not know
+    stops it with one line; the same ids in another order (or a subset of them) are scored
+    by id, and it says so.
+    --weights FILE: a torchvision state_dict of model.arch (torch.save or .safetensors; e.g.
+    torchvision's resnet50 IMAGENET1K_V1, 76.13% / 92.86% published) on the val set of
+    --config; with 1000 classes the dataset's class ids must be ImageNet-1k's sorted wnids.
+    Checks that a val set, its labels and this eval transform reproduce published numbers.
+    --flip/--no-flip turns flip test-time augmentation on or off (eval.flip). Under torchrun
+    each process evaluates its share of the images and rank 0 prints the totals. Unreadable
+    images are named in warnings and counted.
     """
     from rn50 import distributed as dist
     from rn50.checkpoint import load_checkpoint
     from rn50.config import from_dict, load_config
+    from rn50.data.schedule import eval_resolution
+    from rn50.data.transforms import eval_resize_size
     from rn50.runlog import ConsoleLog
-    from rn50.train.evaluate import evaluate_checkpoint
+    from rn50.train.evaluate import evaluate_checkpoint, evaluate_weights
     from rn50.train.runtime import resolve_device
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = load_config(args.config, args.overrides, base=from_dict(state.get("config", {})))
+    state = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    base = from_dict(state.get("config", {})) if state else None
+    cfg = load_config(args.config, args.overrides, base=base)
+    if args.flip is not None:
+        cfg.eval.flip = args.flip
     check_run_files(cfg, writes_run_dir=False)
     with dist.process_group(resolve_device(cfg.train.device)):
         # Every process names the unreadable files of its share.
-        r = evaluate_checkpoint(state, args.checkpoint, cfg, ConsoleLog().warn)
+        warn = ConsoleLog().warn
+        if state:
+            r = evaluate_checkpoint(state, args.checkpoint, cfg, warn)
+        else:
+            r = evaluate_weights(args.weights, cfg, warn)
         if not dist.is_main():
             return 0
-    print(f"Checkpoint: {args.checkpoint} (epoch {state.get('epoch', '?')})")
-    if r["classes"] == "mapped":
-        print("Classes: the dataset's class ids differ in order or number from the "
-              "checkpoint's; each val image is scored against the output of its class id")
+    if state:
+        print(f"Checkpoint: {args.checkpoint} (epoch {state.get('epoch', '?')})")
+        if r["classes"] == "mapped":
+            print("Classes: the dataset's class ids differ in order or number from the "
+                  "checkpoint's; each val image is scored against the output of its class id")
+    else:
+        print(f"Weights: {args.weights} ({cfg.model.arch}, {cfg.model.num_classes} classes)")
+    crop = eval_resolution(cfg.data)
+    print(f"Transform: short side resized to {eval_resize_size(crop, cfg.data.crop_ratio)} px, "
+          f"center crop {crop} px (torchvision's for its ResNet-50 weights: 256, 224); "
+          f"flip TTA {'on' if cfg.eval.flip else 'off'}")
     print(f"Val images: {r['count']}")
     if r["skipped"]:
         print(f"Skipped unreadable images: {r['skipped']} (named in the warnings above)")
@@ -167,6 +189,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Uses the checkpoint's own eval transform (short side resized to resolution / crop_ratio,
     center crop) and its class names. --onnx FILE runs a model from `rn50 export --format onnx`
     with ONNX Runtime instead (classes from the .classes.json beside it, or --classes).
+    With eval.flip (or --flip) each image's logits are the mean of its own and its mirror's.
     A file that cannot be classified (not an image, truncated, under 8x8 px, over 100
     megapixels) gets one error line on stderr, and the exit code is 2.
     """
@@ -177,9 +200,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {excerpt(args.top)}")
     if args.onnx:
-        predictor = Predictor.from_onnx(args.onnx, args.classes)
+        predictor = Predictor.from_onnx(args.onnx, args.classes, args.flip)
     else:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.flip)
     records = predictor.predict_files(args.images, args.top)
     good = [r for r in records if "error" not in r]
     if args.json:
@@ -537,7 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(add("lr-find", cmd_lr_find))
 
     p = add("eval", cmd_eval)
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pth written by train")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", metavar="FILE", help="a .pth written by train")
+    model.add_argument("--weights", metavar="FILE",
+                       help="a torchvision-format state_dict (.pth/.pt or .safetensors)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation on or off (default: eval.flip)")
     _config_args(p, required=False)
 
     _config_args(add("config", cmd_config), required=False)
@@ -551,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation on or off (default: the checkpoint's "
+                   "eval.flip, or the classes file's flip)")
 
     p = add("app", cmd_app)
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pth written by train")

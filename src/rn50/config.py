@@ -269,6 +269,18 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How validation (during training and in rn50 eval), predict and the exports score an
+    image."""
+
+    flip: bool = False
+    """flip test-time augmentation: the logits of each image are the mean of the network's
+    logits for the image and for its horizontal mirror (FFCV's lr_tta, which sums them: the
+    same ranking). Costs a second forward pass; a checkpoint keeps it, so eval, predict, the
+    app and the exports apply it too."""
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -277,6 +289,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (safe to store in a checkpoint and load with weights_only)."""

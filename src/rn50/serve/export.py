@@ -1,8 +1,14 @@
 """Export a checkpoint: plain weights (safetensors), ONNX, TorchScript, a Hugging Face Space.
 
 Every exported model file carries the same JSON (class ids and names, arch, resolution,
-crop_ratio) in its own metadata, and a `<name>.classes.json` copy is written beside it, so a
-model file is never separated from the meaning of its outputs.
+crop_ratio, flip) in its own metadata, and a `<name>.classes.json` copy is written beside it,
+so a model file is never separated from the meaning of its outputs.
+
+Flip test-time augmentation (eval.flip) is not baked into the graphs: every format holds the
+plain network (the safetensors load into torchvision, the ONNX and TorchScript files compute
+its logits), and `"flip": true` in the JSON tells the runner to average the logits of each
+image and of its mirror, as rn50 predict and the Space's inference.py do. One implementation
+serves every backend, and the same file serves with or without it.
 """
 
 import importlib.metadata
@@ -78,6 +84,17 @@ def export_safetensors(model: torch.nn.Module, info: ModelInfo, out: Path) -> Pa
     data = save(tensors, metadata={"format": "pt", "rn50": info.to_json()})
     atomic_write_with(out, lambda f: f.write(data))
     return out
+
+
+def flip_line(info: ModelInfo) -> str:
+    """What an export says about flip TTA: empty when off."""
+    if not info.flip:
+        return ""
+    return (
+        "Flip TTA (eval.flip) is on: the file holds the plain network; classes.json says "
+        '"flip": true, and rn50 predict and the Space average the logits of each image and of '
+        "its mirror"
+    )
 
 
 def architecture_line(info: ModelInfo) -> str:
@@ -195,6 +212,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None
         diff = export_torchscript(model, info, out)
         lines.append(f"TorchScript vs eager PyTorch: max |logit difference| = {diff:.3g}")
     atomic_write_text(classes_path(out), info.to_json())
+    lines += [flip_line(info)] if info.flip else []
     lines.append(f"Wrote {out} and {classes_path(out)}")
     return "\n".join(lines)
 
@@ -220,6 +238,10 @@ def space_readme(info: ModelInfo, backend: str, title: str) -> str:
         "top1": top1,
         "runtime": "ONNX Runtime" if backend == "onnx" else "PyTorch",
         "weights": "model.onnx" if backend == "onnx" else "model.safetensors",
+        "tta": (
+            " With flip test-time augmentation (`\"flip\": true` in classes.json), the logits "
+            "of the image and of its mirror image are averaged." if info.flip else ""
+        ),
     }
     for key, value in values.items():
         template = template.replace("{{" + key + "}}", value)
@@ -264,5 +286,6 @@ def export_space(
     atomic_write_text(folder / "requirements.txt", requirements(backend))
     atomic_write_text(folder / "README.md", space_readme(info, backend, title))
     write_examples(folder / "examples")
+    lines += [flip_line(info)] if info.flip else []
     lines.append(f"Wrote a Hugging Face Space to {folder} ({info.arch}, {backend} backend)")
     return "\n".join(lines)

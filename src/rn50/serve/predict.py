@@ -80,6 +80,7 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, Config, Model
         best_top1=state.get("best_top1"),
         # Not torchvision's network as it is: what rebuilds it must know (rn50.model).
         extra={"blurpool": True} if cfg.model.blurpool else {},
+        flip=cfg.eval.flip,  # what validation measured
     )
     return model, cfg, info
 
@@ -110,22 +111,33 @@ class Predictor(Classifier):
     """Images -> top-k (label index, wnid, name, probability), from a checkpoint or ONNX file."""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> "Predictor":
-        """PyTorch backend over an rn50 checkpoint (loaded with weights_only=True)."""
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", flip: bool | None = None
+    ) -> "Predictor":
+        """PyTorch backend over an rn50 checkpoint (loaded with weights_only=True); flip TTA
+        as the checkpoint's eval.flip unless `flip` says otherwise."""
         model, _, info = load_for_inference(path)
+        if flip is not None:
+            info.flip = flip
         backend = TorchBackend(model, info, device)
         return cls(backend, info, preprocess_fn=backend.preprocess)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, classes: str | Path | None = None) -> "Predictor":
+    def from_onnx(
+        cls, path: str | Path, classes: str | Path | None = None, flip: bool | None = None
+    ) -> "Predictor":
         """ONNX Runtime backend over `rn50 export --format onnx` output; the classes file
-        defaults to the one written beside it."""
+        defaults to the one written beside it. Flip TTA as the classes file's "flip" unless
+        `flip` says otherwise."""
         path = Path(path)
         if classes is None:  # beside an `rn50 export` output, or inside a Space folder
             beside = classes_path(path)
             classes = beside if beside.is_file() else path.with_name(INFO_FILE)
         try:
-            return cls(OnnxModel(path), ModelInfo.load(classes))
+            info = ModelInfo.load(classes)
+            if flip is not None:
+                info.flip = flip
+            return cls(OnnxModel(path), info)
         except ModelFileError as e:
             raise UserError(str(e)) from None
 

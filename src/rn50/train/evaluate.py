@@ -1,4 +1,5 @@
-"""One validation pass (loss, top-1, top-5 summed over ranks), and a checkpoint's evaluation."""
+"""One validation pass (loss, top-1, top-5 summed over ranks), and the evaluation of a
+checkpoint or of a torchvision-format state_dict."""
 
 import dataclasses
 from collections.abc import Callable
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from rn50 import distributed as dist
-from rn50.checkpoint import check_classes, class_mapping, load_weights
+from rn50.checkpoint import check_classes, class_mapping, load_weights, read_state_dict
 from rn50.config import Config
 from rn50.data.auto import resolve_data
 from rn50.data.batch import to_device
@@ -21,6 +22,16 @@ from rn50.train.loaders import eval_loader, load_index, warn_about_index
 from rn50.train.runtime import Runtime, autocast, make_runtime
 
 
+def flip_tta(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: the mean of the logits of `images` (N x C x H x W) and of
+    their horizontal mirrors, in float32 (N x classes).
+
+    FFCV's validation (train_imagenet.py, lr_tta) sums the two; the mean ranks the classes
+    the same and keeps the loss comparable to a single pass's.
+    """
+    return (model(images).float() + model(images.flip(3)).float()) / 2
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -30,6 +41,7 @@ def evaluate(
     warn: Callable[[str], None] | None = None,
     pad_to: int = 0,
     first_call=None,
+    flip: bool = False,
 ) -> dict:
     """Loss, top-1 and top-5 (%) over this rank's share of the validation set, summed over
     ranks as counts; also "count" (images scored) and "skipped" (unreadable files).
@@ -41,7 +53,8 @@ def evaluate(
     with zero images to that size and the padding's outputs dropped, so the model sees one
     shape only (no recompilation) and each image is still scored once; in eval mode the
     images of a batch do not affect each other. `first_call`: a context factory taking the
-    shape's name (CompileWatch.first), entered around each forward pass.
+    shape's name (CompileWatch.first), entered around each forward pass. `flip` scores each
+    image by flip_tta (eval.flip).
     """
     model.eval()
     meter = Meter(rt.device)
@@ -58,7 +71,7 @@ def evaluate(
             images = pad_batch(images, pad_to)
         with first_call(f"{images.shape[-1]} px (evaluation)") if first_call else nullcontext():
             with autocast(rt):
-                logits = model(images)[:n]
+                logits = (flip_tta(model, images) if flip else model(images))[:n]
         # Per-image losses: the sums do not depend on how the images were split into batches
         # or ranks, so a 2-rank evaluation equals a 1-process one exactly.
         losses = nn.functional.cross_entropy(logits.float(), targets, reduction="none")
@@ -102,11 +115,43 @@ def evaluate_checkpoint(
         )
     if mapping is not None:
         index = dataclasses.replace(index, val=tuple((p, mapping[y]) for p, y in index.val))
-    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
-    data = resolve_data(cfg.data, rt.device, say=say)
     model = build_model(cfg.model)
     load_weights(model, state["model"], path, "evaluate it with the config it was trained with")
+    result = _evaluate_on(model, index, cfg, rt, warn)
+    return {**result, "classes": "same" if mapping is None else "mapped"}
+
+
+def _evaluate_on(
+    model: nn.Module, index, cfg: Config, rt: Runtime, warn: Callable[[str], None] | None
+) -> dict:
+    """`evaluate` of `model` on index's validation images, as cfg's data and eval say."""
+    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
+    data = resolve_data(cfg.data, rt.device, say=say)
     model.to(rt.device, memory_format=rt.memory_format)
     loader = eval_loader(data, index, rt)
-    result = evaluate(model, loader, rt, make_reporter(cfg.train, "val", len(loader)), warn)
-    return {**result, "classes": "same" if mapping is None else "mapped"}
+    report = make_reporter(cfg.train, "val", len(loader))
+    return evaluate(model, loader, rt, report, warn, flip=cfg.eval.flip)
+
+
+def evaluate_weights(path: str, cfg: Config, warn: Callable[[str], None] | None = None) -> dict:
+    """Evaluate a torchvision-format state_dict (e.g. torchvision's resnet50 IMAGENET1K_V1,
+    saved by the user; read by rn50.checkpoint.read_state_dict) as cfg.model.arch on cfg's
+    validation set, with rn50's eval transform. `warn` names each unreadable file.
+
+    With model.num_classes 1000 the dataset's class ids must be ImageNet-1k's 1000 wnids in
+    their order (rn50.imagenet), or the outputs would not mean its labels; any other count
+    must equal the dataset's (the class order is then the user's to vouch for). Raises
+    CheckpointError (unreadable file, weights that do not fit), DataError (not ImageNet's
+    classes) and what load_index raises, each one line.
+    """
+    from rn50.imagenet import NUM_CLASSES, check_imagenet_classes
+
+    state_dict = read_state_dict(path)
+    rt = make_runtime(cfg)
+    n = cfg.model.num_classes
+    index = load_index(cfg.data, None if n == NUM_CLASSES else n)
+    if n == NUM_CLASSES:
+        check_imagenet_classes(index.classes, index.root)
+    model = build_model(cfg.model)
+    load_weights(model, state_dict, path, f"pass the weights of {cfg.model.arch} with {n} classes")
+    return _evaluate_on(model, index, cfg, rt, warn)

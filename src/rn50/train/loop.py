@@ -294,7 +294,8 @@ class Trainer:
         report = self.records.reporter("val", len(self.val_data))
         pad = self.val_data.batch_size if self.cfg.train.compile else 0
         val = evaluate(
-            self.module, self.val_data, self.rt, report, self.log.warn, pad, self.compiles.first
+            self.module, self.val_data, self.rt, report, self.log.warn, pad, self.compiles.first,
+            flip=self.cfg.eval.flip,
         )
         if self.ema is None:
             return val, None
@@ -305,7 +306,8 @@ class Trainer:
         dist.broadcast_buffers(self.ema.module)
         report = self.records.reporter("val (EMA)", len(self.val_data))
         # The same files as the pass above: they were named there.
-        return evaluate(self.ema.module, self.val_data, self.rt, report), val
+        flip = self.cfg.eval.flip
+        return evaluate(self.ema.module, self.val_data, self.rt, report, flip=flip), val
 
     def end_epoch(
         self, epoch: int, train: dict, val: dict, train_s: float, val_s: float, raw: dict | None

@@ -32,6 +32,11 @@ MEAN_255 = np.array([0.485 * 255, 0.456 * 255, 0.406 * 255], dtype=np.float32)
 STD_255 = np.array([0.229 * 255, 0.224 * 255, 0.225 * 255], dtype=np.float32)
 INFO_FORMAT = "rn50-model-info"
 INFO_FILE = "classes.json"
+# What the page says when flip test-time augmentation is on.
+FLIP_LINE = (
+    "Flip test-time augmentation is on: each photo's logits are the mean of the network's "
+    "logits for the photo and for its mirror image."
+)
 
 
 class ModelFileError(ValueError):
@@ -59,6 +64,10 @@ class ModelInfo:
     epoch: int | None = None
     best_top1: float | None = None  # val top-1 of the checkpoint, percent
     extra: dict[str, Any] = field(default_factory=dict)
+    # Flip test-time augmentation (rn50's eval.flip): the model file is the plain network, and
+    # whoever runs it averages the logits of each image and of its horizontal mirror
+    # (Classifier.logits does). Absent from older classes files: off.
+    flip: bool = False
 
     def __post_init__(self):
         if not self.classes or len(self.names) != len(self.classes):
@@ -77,7 +86,8 @@ class ModelInfo:
             parts.append(f"epoch {self.epoch}")
         if self.best_top1 is not None:
             parts.append(f"val top-1 {self.best_top1:.2f}%")
-        return "Trained with rn50: " + ", ".join(parts) + "."
+        line = "Trained with rn50: " + ", ".join(parts) + "."
+        return line + ("\n\n" + FLIP_LINE if self.flip else "")
 
     def to_json(self) -> str:
         return json.dumps({"format": INFO_FORMAT, **asdict(self)}, indent=1, ensure_ascii=False)
@@ -141,6 +151,14 @@ def normalize(batch: np.ndarray) -> np.ndarray:
 def preprocess(images: Sequence[Image.Image], info: ModelInfo) -> np.ndarray:
     """RGB images -> the float32 NCHW batch the network takes."""
     return normalize(np.stack([eval_crop(im, info.resolution, info.crop_ratio) for im in images]))
+
+
+def mirror(batch: Any) -> Any:
+    """The horizontal mirror of an NCHW batch: a numpy array (copied contiguous, as ONNX
+    Runtime and torch.from_numpy need) or a torch tensor (rn50's PyTorch backend)."""
+    if isinstance(batch, np.ndarray):
+        return np.ascontiguousarray(batch[..., ::-1])
+    return batch.flip(-1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -243,13 +261,21 @@ class Classifier:
             return cls(TorchModel(folder / "model.safetensors", info), info)
         raise ModelFileError(f"no model.onnx or model.safetensors in '{folder}'")
 
-    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """RGB images -> (N, classes) softmax probabilities."""
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images -> (N, classes) float32 logits; with info.flip, the mean of the logits
+        of each image and of its horizontal mirror (flip test-time augmentation)."""
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = self.preprocess_fn(images[i : i + self.batch_size], self.info)
-            out.append(softmax(np.asarray(self.model(batch))))
-        return np.concatenate(out) if out else np.zeros((0, self.info.num_classes))
+            logits = np.asarray(self.model(batch), dtype=np.float32)
+            if self.info.flip:
+                logits = (logits + np.asarray(self.model(mirror(batch)), dtype=np.float32)) / 2
+            out.append(logits)
+        return np.concatenate(out) if out else np.zeros((0, self.info.num_classes), np.float32)
+
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images -> (N, classes) softmax probabilities of `logits`."""
+        return softmax(self.logits(images))
 
     def predict(self, images: Sequence[Image.Image], k: int = 5) -> list[list[Prediction]]:
         return [top_k(p, self.info, k) for p in self.probabilities(images)]

@@ -134,10 +134,11 @@ class Predictor(Classifier):
             beside = classes_path(path)
             classes = beside if beside.is_file() else path.with_name(INFO_FILE)
         try:
+            model = OnnxModel(path)  # the model file first: it is what the user named
             info = ModelInfo.load(classes)
             if flip is not None:
                 info.flip = flip
-            return cls(OnnxModel(path), info)
+            return cls(model, info)
         except ModelFileError as e:
             raise UserError(str(e)) from None
 

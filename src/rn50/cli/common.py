@@ -1,0 +1,61 @@
+"""What several commands share: the --config/--set arguments, and the check of the files a
+config names before anything is read or written."""
+
+import argparse
+import os
+
+EXIT_USAGE = 2  # a problem with the input: one line says which and how to fix it
+
+
+def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--config FILE (required unless `required` is False) and repeatable --set KEY=VALUE."""
+    p.add_argument(
+        "--config",
+        "-c",
+        required=required,
+        metavar="FILE",
+        help="YAML file with the values that differ from the defaults",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set optim.max_lr=0.5 (repeatable)",
+    )
+
+
+def check_run_files(cfg, writes_run_dir: bool = True) -> None:
+    """The files a config names, checked before anything is read or written; data.workers
+    capped to this machine's share of CPUs (rn50.resources.cap_workers).
+
+    data.data_dir must be a folder; data.skip_list a text file; train.initial_model_path,
+    when set, a loadable checkpoint or a file that can be written; train.checkpoint_dir (when
+    the command writes there) a folder that can be written. Raises UserError with one line.
+    """
+    from rn50.config import check_data_dir
+    from rn50.paths import check_input_file, check_output_dir, check_output_file
+    from rn50.resources import cap_workers, local_processes, note
+
+    check_data_dir(cfg.data)
+    if cfg.data.skip_list:
+        check_input_file(
+            cfg.data.skip_list, "data.skip_list", "write one with 'rn50 data check DATA_DIR "
+            "--skip-list FILE' (it always holds a header)", text=True,
+        )
+    if writes_run_dir:
+        check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")
+        initial = cfg.train.initial_model_path
+        if initial and os.path.lexists(initial):
+            from rn50.checkpoint import load_checkpoint
+
+            hint = "delete it (it is written again) or set train.initial_model_path to another path"
+            load_checkpoint(check_input_file(initial, "train.initial_model_path", hint))
+        elif initial:
+            check_output_file(initial, "train.initial_model_path")
+    if cfg.data.workers != "auto":  # auto: rn50.data.auto chooses within the share
+        # A line when the count the user chose is lowered (rank 0 only).
+        chosen = os.environ.get("RANK", "0") == "0"
+        cfg.data.workers = cap_workers(cfg.data.workers, "data.workers",
+                                       share=local_processes(), say=note if chosen else None)

@@ -284,3 +284,42 @@ def test_space_in_a_fresh_venv_answers_like_rn50_predict(
     assert [c["confidence"] for c in labels["confidences"]] == pytest.approx(
         [t["probability"] for t in expected], abs=1e-4)
     assert f"Top-1: **{names[0]}** ({expected[0]['wnid']})" in status
+
+
+def test_export_never_writes_over_the_checkpoint_or_a_users_file(capsys, ckpt, tmp_path):
+    """--out naming the checkpoint, or a file that is no earlier export, is refused before any
+    work, with one line; an earlier export is replaced; --overwrite replaces a user's file."""
+    before = ckpt.read_bytes()
+    for out in (ckpt, tmp_path / "link.pth"):
+        if out != ckpt:
+            out.symlink_to(ckpt)
+        rc, _, err = run_cli(capsys, "export", "--checkpoint", ckpt, "--format", "safetensors",
+                             "--out", out, "--overwrite")
+        assert rc == 2 and "would replace the checkpoint" in err and err.count("\n") == 1, err
+    assert ckpt.read_bytes() == before
+    mine = tmp_path / "notes.safetensors"
+    mine.write_text("my own file")
+    rc, _, err = run_cli(capsys, "export", "--checkpoint", ckpt, "--format", "safetensors",
+                         "--out", mine)
+    assert rc == 2 and "is not an earlier rn50 export" in err and "--overwrite" in err, err
+    assert mine.read_text() == "my own file"
+    assert not (tmp_path / "notes.classes.json").exists()
+    rc, _, _ = run_cli(capsys, "export", "--checkpoint", ckpt, "--format", "safetensors",
+                       "--out", mine, "--overwrite")
+    assert rc == 0 and mine.read_bytes()[:8] != b"my own f"
+    # now an earlier export: exporting again replaces it without the flag
+    rc, _, _ = run_cli(capsys, "export", "--checkpoint", ckpt, "--format", "safetensors",
+                       "--out", mine)
+    assert rc == 0
+
+
+def test_space_refuses_a_folder_of_the_users_files(capsys, ckpt, tmp_path, onnx_space):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "app.py").write_text("print('my app')\n")
+    rc, _, err = run_cli(capsys, "export", "--checkpoint", ckpt, "--space", folder)
+    assert rc == 2 and "is not empty (app.py)" in err and err.count("\n") == 1, err
+    assert (folder / "app.py").read_text() == "print('my app')\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["app.py"]
+    # an earlier export is written again without the flag (onnx_space holds one)
+    assert main(["export", "--checkpoint", str(ckpt), "--space", str(onnx_space)]) == 0

@@ -64,20 +64,31 @@ def cmd_export(args: argparse.Namespace) -> int:
                           max logit difference is printed; a file over the bound is not kept)
     --format torchscript  a traced module (PyTorch deprecates TorchScript; for LibTorch)
     Each goes to --out (default: beside the checkpoint) with <name>.classes.json next to it;
-    the same class list is in the file's own metadata.
+    the same class list is in the file's own metadata. An existing output file is replaced
+    only when it is an earlier export (its .classes.json is rn50's) or with --overwrite, and
+    never when it is the checkpoint itself.
 
     --space DIR writes a folder to push to a Hugging Face Space (Gradio SDK, CPU): app.py,
     inference.py, ui.py, requirements.txt, README.md with the Space metadata, model.onnx
     (ONNX Runtime, no PyTorch) or with --space-backend torch model.safetensors, classes.json
-    and examples/.
+    and examples/. A non-empty DIR must be an earlier export (or pass --overwrite): a user's
+    own files there are not written over.
     """
     from rn50.paths import check_output_dir, check_output_file
-    from rn50.serve.export import export_model, export_space
+    from rn50.serve.export import (
+        check_export_target,
+        check_space_target,
+        export_model,
+        export_space,
+    )
 
     if args.space:
         check_output_dir(args.space, "--space")
-    elif args.out:
-        check_output_file(args.out, "--out")
+        check_space_target(args.space, args.overwrite)
+    else:
+        if args.out:
+            check_output_file(args.out, "--out")
+        check_export_target(args.checkpoint, args.format, args.out, args.overwrite)
     if args.space:
         print(export_space(args.checkpoint, args.space, args.space_backend))
     else:
@@ -112,6 +123,9 @@ def add_commands(add) -> None:
     what.add_argument("--format", choices=["safetensors", "onnx", "torchscript"])
     what.add_argument("--space", metavar="DIR", help="write a Hugging Face Space folder here")
     p.add_argument("--out", metavar="FILE", help="output file for --format")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file or the files of a non-empty --space "
+                   "folder that is not an earlier export (never the checkpoint itself)")
     p.add_argument(
         "--space-backend",
         choices=["onnx", "torch"],

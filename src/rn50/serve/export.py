@@ -33,6 +33,7 @@ from rn50.serve.predict import (
 )
 from rn50.serve.space_template.inference import (
     INFO_FILE,
+    ModelFileError,
     ModelInfo,
     OnnxModel,
     eval_resize_size,
@@ -190,6 +191,57 @@ def export_torchscript(model: torch.nn.Module, info: ModelInfo, out: Path) -> fl
         diff = float((traced(batch) - model(batch)).abs().max())
     atomic_write_with(out, lambda f: f.write(buffer.getvalue()))
     return diff
+
+
+def _earlier_export(classes_file: Path) -> bool:
+    """Whether `classes_file` is a classes JSON that rn50 export wrote (beside a model file, or
+    in a Space folder): what marks files rn50 may replace."""
+    try:
+        ModelInfo.load(classes_file)
+    except (ModelFileError, OSError, ValueError):
+        return False
+    return True
+
+
+def check_export_target(
+    checkpoint: str | Path, fmt: str, out: str | Path | None, overwrite: bool = False
+) -> Path:
+    """The file `export_model` would write for `fmt` (`out`, default beside the checkpoint),
+    checked before any work: it (or its .classes.json) is never the checkpoint itself, and an
+    existing file is replaced only when it is an earlier export (its .classes.json is rn50's)
+    or with `overwrite`. Raises UserError with one line otherwise."""
+    target = Path(out) if out else default_output(checkpoint, fmt)
+    source = Path(checkpoint)
+    for path in (target, classes_path(target)):
+        if path.exists() and source.exists() and path.samefile(source):
+            raise UserError(
+                f"--out {target} would replace the checkpoint '{checkpoint}' itself; name "
+                f"another file"
+            )
+    if target.exists() and not overwrite and not _earlier_export(classes_path(target)):
+        raise UserError(
+            f"--out {target} exists and is not an earlier rn50 export (no "
+            f"{classes_path(target).name} beside it); name a new file, or pass --overwrite "
+            f"to replace it"
+        )
+    return target
+
+
+def check_space_target(folder: str | Path, overwrite: bool = False) -> Path:
+    """A --space folder `export_space` may write into: new, empty, an earlier rn50 Space export
+    (its classes.json is rn50's), or anything with `overwrite`. Raises UserError with one line
+    naming a few of the files a user's folder holds."""
+    folder = Path(folder)
+    if not folder.is_dir() or overwrite:
+        return folder
+    held = sorted(p.name for p in folder.iterdir())
+    if held and not _earlier_export(folder / INFO_FILE):
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(
+            f"--space {folder} is not empty ({shown}) and is not an earlier rn50 Space export; "
+            f"pass a new or empty folder, or --overwrite to replace the files export writes"
+        )
+    return folder
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> str:

@@ -495,3 +495,17 @@ def test_a_stopped_run_names_no_unreadable_file_as_good(tmp_path):
     with pytest.raises(CheckpointError, match="no readable checkpoint is left"):
         load_resume_state(tmp_path, print)
     assert epoch_path(tmp_path, 1).read_bytes() == b"\x00garbage from a dying disk"
+
+
+def test_a_fresh_start_never_writes_over_a_run(run2, tiny_data, tmp_path, capsys):
+    """train.resume false in a run dir that holds a run: one line, exit 2, every file kept."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(run2, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    config = tmp_path / "c.yaml"
+    config.write_text(config18(tiny_data, run_dir, resume=False).to_yaml())
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.resume is false" in err, err
+    assert "checkpoint_epoch_001.pth" in err and "write over" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before

@@ -235,7 +235,8 @@ class TrainConfig:
     checkpoint_dir: str = "runs/imagenet"
     """the run directory: config, logs, metrics.jsonl and checkpoints go here."""
     resume: bool = True
-    """continue from the newest checkpoint in checkpoint_dir when there is one."""
+    """continue from the newest checkpoint in checkpoint_dir when there is one; false starts
+    from scratch, and is refused where checkpoint_dir already holds a run."""
     initial_model_path: str = ""
     """initial weights: saved here on the first start and loaded on every later one, so each
     run of a config starts from the same init; empty means <checkpoint_dir>/initial_model.pth."""

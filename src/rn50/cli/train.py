@@ -18,10 +18,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rn50 import distributed as dist
     from rn50.config import load_config
     from rn50.train.loop import fit
+    from rn50.train.run_files import refuse_fresh_start_over
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
     check_run_files(cfg)
+    if not cfg.train.resume:
+        refuse_fresh_start_over(cfg.train.checkpoint_dir)
     with dist.process_group(resolve_device(cfg.train.device)):
         fit(cfg)
     return 0

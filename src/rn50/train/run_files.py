@@ -22,6 +22,7 @@ line is missing gets it back from the copy each epoch checkpoint holds ("metrics
 """
 
 import json
+import os
 from pathlib import Path
 
 from rn50.checkpoint import (
@@ -32,7 +33,7 @@ from rn50.checkpoint import (
     load_checkpoint,
     set_aside,
 )
-from rn50.errors import CheckpointError, one_line
+from rn50.errors import CheckpointError, UserError, one_line
 from rn50.fileio import atomic_write_text
 from rn50.runlog import RunLog, best_record, read_metrics
 
@@ -127,3 +128,24 @@ def drop_stale_last(log: RunLog, resumed: Path) -> None:
         last.unlink()
         log.log(f"Removed {last}: '{resumed.name}' is further along (a kill came between saving "
                 f"it and removing last.pth)")
+
+
+def refuse_fresh_start_over(run_dir: str | os.PathLike) -> None:
+    """train.resume false starts a run from scratch: refuse it where `run_dir` already holds a
+    run (checkpoints, metrics.jsonl), whose files it would write over. Raises UserError
+    naming a few of them."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return
+    held = sorted(
+        p.name for p in d.iterdir()
+        if p.name in ("model_best.pth", "last.pth", "metrics.jsonl")
+        or (p.name.startswith("checkpoint_epoch_") and p.suffix == ".pth")
+    )
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(
+            f"train.resume is false but train.checkpoint_dir {d} holds a run ({shown}), which "
+            f"a fresh start would write over; use a new train.checkpoint_dir, move the old run "
+            f"away, or set train.resume=true to continue it"
+        )

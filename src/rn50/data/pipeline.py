@@ -39,13 +39,14 @@ def transforms_for(
     min_scale: float = 0.08,
     hflip: bool = True,
     crop_ratio: float = 0.875,
+    auto_augment: str = "none",
 ):
     """(read, transform, collate) of a mode: what a worker does with a path."""
     if mode not in MODES:
         raise ValueError(f"unknown data.decode mode {mode!r}; one of {', '.join(DECODE_MODES)}")
     read, train_cls, eval_cls, collate = MODES[mode]
     if train:
-        return read, train_cls(resolution, min_scale, hflip), collate
+        return read, train_cls(resolution, min_scale, hflip, auto_augment), collate
     return read, eval_cls(resolution, crop_ratio), collate
 
 
@@ -71,7 +72,13 @@ def make_loader(
     validation resolution).
     """
     read, transform, collate = transforms_for(
-        cfg.decode, train, resolution or cfg.resolution, cfg.min_scale, cfg.hflip, cfg.crop_ratio
+        cfg.decode,
+        train,
+        resolution or cfg.resolution,
+        cfg.min_scale,
+        cfg.hflip,
+        cfg.crop_ratio,
+        cfg.auto_augment,
     )
     loader = build_loader(
         samples,
@@ -88,6 +95,7 @@ def make_loader(
         accum=accum,
         read=read,
         collate=collate,
+        reps=cfg.ra_reps,
     )
     if cfg.decode == "gpu":
         return DeviceDecodeLoader(loader, device, cfg.decode_ahead)

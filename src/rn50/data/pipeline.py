@@ -7,8 +7,11 @@
 - `pil`: workers decode with PIL and apply torchvision's transforms (uint8); as `cpu` after.
 
 Every mode yields the same label stream and, for one seed, the same crop boxes and flips
-(rn50.data.decode.sample_crop follows torchvision's draws); they differ only in resampling
-details (within a level or two of 255 at full decoding scale).
+(rn50.data.decode.sample_crop follows torchvision's draws) and the same data.auto_augment
+operations (rn50.data.augment: in the workers for cpu and pil, on the device for gpu); they
+differ only in resampling details (within a level or two of 255 at full decoding scale).
+data.ra_reps is the sampler's (rn50.data.loader.ShardedSampler); random erasing and
+MixUp/CutMix act on the batch in the training loop.
 """
 
 from __future__ import annotations

@@ -115,8 +115,7 @@ def test_fast_recipes_lr_is_ffcvs_triangle(epochs):
 
 
 def test_torchvision_v2_recipe():
-    """configs/tv-resnet50-v2.yaml loads today (the augmentation keys rn50 does not have yet
-    are commented out) and holds torchvision's published values."""
+    """configs/tv-resnet50-v2.yaml holds torchvision's published values."""
     from rn50.data.transforms import eval_resize_size
 
     path = Path(__file__).parent.parent / "configs" / "tv-resnet50-v2.yaml"
@@ -131,7 +130,8 @@ def test_torchvision_v2_recipe():
     assert (t.epochs, t.label_smoothing, t.ema, t.ema_bn_batches) == (600, 0.1, True, 0)
     # torchvision's EMA: decay 1 - (1 - 0.99998) x 1024 x 32 / 600 per update every 32 steps.
     assert t.ema_decay**32 == pytest.approx(1 - 2e-5 * 1024 * 32 / 600, abs=1e-9)
-    commented = [ln.split(":")[0].strip("# ") for ln in path.read_text().splitlines()
-                 if ln.startswith("  # ") and "(enabled once rn50 has the key)" in ln]
-    assert commented == ["auto_augment", "random_erasing", "mixup_alpha", "cutmix_alpha",
-                         "ra_reps"]
+    # --auto-augment ta_wide --random-erase 0.1 --mixup-alpha 0.2 --cutmix-alpha 1.0
+    # --ra-sampler --ra-reps 4
+    assert (d.auto_augment, d.random_erasing, d.mixup_alpha, d.cutmix_alpha, d.ra_reps) == (
+        "ta_wide", 0.1, 0.2, 1.0, 4)
+    assert (d.min_scale, d.hflip) == (0.08, True)  # RandomResizedCrop, hflip_prob 0.5

@@ -83,6 +83,26 @@ class DataConfig:
     index_cache: bool = True
     """reuse the file list of the last start when no dataset folder changed, instead of listing
     every file again (1.28M for ImageNet); false: list them at every start."""
+    auto_augment: str = "none"
+    """automatic augmentation of each training image after its crop and flip, on uint8 pixels
+    (torchvision.transforms.v2, bilinear, as torchvision's classification references): none,
+    ta_wide (TrivialAugmentWide), randaugment (RandAugment, 2 ops at magnitude 9) or
+    autoaugment (AutoAugment's ImageNet policy)."""
+    random_erasing: float = 0.0
+    """probability that a training image has a random rectangle erased (torchvision's
+    RandomErasing, on the normalized image: the rectangle becomes 0, the mean colour); 0: off."""
+    mixup_alpha: float = 0.0
+    """MixUp (torchvision.transforms.v2.MixUp): each training batch is blended with itself
+    rolled by one, weight ~ Beta(alpha, alpha), and so are its one-hot labels; 0: off. With
+    cutmix_alpha too, each batch gets one of the two, at random."""
+    cutmix_alpha: float = 0.0
+    """CutMix (torchvision.transforms.v2.CutMix): a box of each training image is replaced by
+    the next image's, the labels mixed by area; area ~ Beta(alpha, alpha); 0: off."""
+    ra_reps: int = 1
+    """repeated augmentation (torchvision's RASampler, --ra-reps): each image of an epoch is
+    seen this many times, with different crops, in the same optimizer step and on different
+    devices where there are several; the epoch keeps the training set's length, so it holds
+    1/ra_reps of the images. 1: off."""
 
 
 @dataclass
@@ -304,6 +324,7 @@ class Config:
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(Config)}
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
+AUTO_AUGMENT = ("none", "ta_wide", "randaugment", "autoaugment")  # rn50.data.augment
 ANNEAL = ("cos", "linear")  # torch OneCycleLR's anneal_strategy
 SCHEDULES = ("onecycle", "cosine")  # rn50.optim.build_scheduler
 NO_DECAY_RULES = ("1d", "bn_name", "norm")  # rn50.optim.param_groups
@@ -603,6 +624,10 @@ BOUNDS: dict[str, Bound] = {
     "data.min_scale": Bound(0, 1, lo_open=True),
     "data.max_bad_fraction": FRACTION,
     "data.decode_ahead": Bound(0, 64),
+    "data.random_erasing": FRACTION,
+    "data.mixup_alpha": Bound(0, 1000, zero="off"),
+    "data.cutmix_alpha": Bound(0, 1000, zero="off"),
+    "data.ra_reps": Bound(1, 1000, why=" (1: off)"),
     "model.num_classes": Bound(2, 1_000_000),
     "optim.momentum": Bound(0, 1, hi_open=True),
     "optim.weight_decay": Bound(0, 1),
@@ -723,6 +748,7 @@ def validate(cfg: Config) -> None:
     if isinstance(d.workers, str):
         _check(d.workers == "auto", "data.workers",
                f"must be auto or a whole number of 0 or more, got {excerpt(d.workers)}")
+    _one_of(d.auto_augment, "data.auto_augment", AUTO_AUGMENT)
 
 
 def check_data_dir(cfg: DataConfig) -> Path:

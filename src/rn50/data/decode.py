@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from rn50.data.augment import AutoAugmentStep
 from rn50.data.image import (
     check_large,
     file_orientation,
@@ -208,14 +209,22 @@ def scaled_box(box: Box, fy: float, fx: float) -> Box:
 
 
 class FastTrainTransform:
-    """File bytes -> RandomResizedCrop(resolution) + optional flip, uint8 (3, R, R).
+    """File bytes -> RandomResizedCrop(resolution) + optional flip + the data.auto_augment
+    policy, uint8 (3, R, R).
 
-    The same augmentation as TrainTransform (same box and flip for the same seed), decoded at
-    the smallest size that still covers the crop.
+    The same augmentation as TrainTransform (same box, flip and policy draws for the same
+    seed), decoded at the smallest size that still covers the crop.
     """
 
-    def __init__(self, resolution: int, min_scale: float = 0.08, hflip: bool = True):
+    def __init__(
+        self,
+        resolution: int,
+        min_scale: float = 0.08,
+        hflip: bool = True,
+        auto_augment: str = "none",
+    ):
         self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
+        self.augment = AutoAugmentStep(auto_augment) if auto_augment != "none" else None
 
     def __call__(self, data) -> torch.Tensor:
         height, width, direct = probe(data)
@@ -228,7 +237,8 @@ class FastTrainTransform:
         pixels = orient_array(decode(data, height, width, direct, reduce), turn)
         out = resized_crop(pixels, box, self.resolution, upright)
         # Left channels-last (HWC in memory): the collate stacks that with a plain copy.
-        return out.flip(-1) if flip else out
+        out = out.flip(-1) if flip else out
+        return out if self.augment is None else self.augment(out)
 
 
 class FastEvalTransform:

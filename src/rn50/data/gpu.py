@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from rn50.data.ahead import ahead
+from rn50.data.augment import auto_augment, policy
 from rn50.data.decode import (
     Box,
     decode,
@@ -48,6 +49,7 @@ from rn50.data.image import (
     to_rgb,
 )
 from rn50.data.loader import Batch
+from rn50.data.seeds import draw_seed
 from rn50.data.transforms import eval_resize_size
 
 
@@ -63,6 +65,7 @@ class Encoded:
     crop: Box | None  # then this region of the resized image (validation's centre crop)
     flip: bool
     orientation: int = 1  # EXIF orientation (1..8) to apply to the decoded bytes first
+    augment: tuple[str, int] | None = None  # data.auto_augment policy and seed, for the device
 
 
 class EncodedBatch:
@@ -95,10 +98,19 @@ def eval_geometry(height: int, width: int, resolution: int, crop_ratio: float):
 
 
 class GpuTrainPrep:
-    """Worker side of training: file bytes -> Encoded (crop box and flip drawn here)."""
+    """Worker side of training: file bytes -> Encoded (crop box, flip and the data.auto_augment
+    policy's seed drawn here, in the CPU paths' order; the device applies the policy)."""
 
-    def __init__(self, resolution: int, min_scale: float = 0.08, hflip: bool = True):
+    def __init__(
+        self,
+        resolution: int,
+        min_scale: float = 0.08,
+        hflip: bool = True,
+        auto_augment: str = "none",
+    ):
         self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
+        policy(auto_augment)  # a wrong name fails here, before any worker starts
+        self.auto_augment = auto_augment
 
     def __call__(self, data: np.ndarray) -> Encoded:
         height, width, direct = probe(data)
@@ -106,16 +118,16 @@ class GpuTrainPrep:
         upright = oriented_size(height, width, turn)
         box = sample_crop(*upright, self.scale)  # on the upright image, as the CPU paths
         flip = self.hflip and sample_flip()
+        augment = None if self.auto_augment == "none" else (self.auto_augment, draw_seed())
         size = (self.resolution, self.resolution)
         if direct:
-            return Encoded(torch.from_numpy(data), None, box, size, None, flip, turn)
+            return Encoded(torch.from_numpy(data), None, box, size, None, flip, turn, augment)
         # Not for the device decoder: the CPU path's remaining steps, here in the worker.
         reduce = reduction(box[2], box[3], *size)
         pixels = orient_array(decode(data, height, width, False, reduce), turn)
         image = resized_crop(pixels, box, self.resolution, upright)
-        return Encoded(
-            None, (image.flip(-1) if flip else image).contiguous(), box, size, None, flip
-        )
+        image = (image.flip(-1) if flip else image).contiguous()
+        return Encoded(None, image, box, size, None, flip, augment=augment)
 
 
 class GpuEvalPrep:
@@ -249,13 +261,14 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
     images, keep, bad = [], [], list(batch.bad)
     for i, s in enumerate(batch.samples):
         if s.image is not None:
-            images.append(s.image.to(device, non_blocking=True))
+            image = s.image.to(device, non_blocking=True)
         elif decoded[i] is None:
             bad.append(batch.paths[i])
             continue
         else:
             upright = orient_tensor(decoded[i], s.orientation)
-            images.append(place(upright, s.box, s.size, s.crop, s.flip))
+            image = place(upright, s.box, s.size, s.crop, s.flip)
+        images.append(image if s.augment is None else auto_augment(image, *s.augment))
         keep.append(i)
     if not images:
         return Batch(

@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rn50.data.image import LargeImageWarning, load_rgb
+from rn50.data.seeds import seeded
 
 Sample = tuple[str, int]  # (file path, class index)
 PREFETCH_FACTOR = 4  # batches each loader worker prepares ahead of the training loop
@@ -47,8 +48,7 @@ class ImageDataset(Dataset):
         path, label = self.samples[index]
         # torchvision's transforms draw from the default CPU generator; seeding it here makes
         # each sample's crop and flip a function of (seed, epoch, position) alone.
-        torch.default_generator.manual_seed(seed)
-        with warnings.catch_warnings(record=True) as caught:
+        with seeded(seed), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeImageWarning)
             # Pillow's own, from a transform (PIL's crop checks its box against the limit too).
             warnings.simplefilter("always", Image.DecompressionBombWarning)
@@ -132,6 +132,17 @@ class ShardedSampler(Sampler):
     Validation (`shuffle=False`): files in order, dealt round-robin with no padding, so every
     image is counted exactly once across ranks.
     `start` skips the first positions of this rank's share without touching their files.
+
+    Repeated augmentation (`reps` > 1, training only; torchvision's RASampler, from
+    references/classification/sampler.py): the permutation's images each repeated `reps`
+    times in a row, a list dealt over the micro-batches of each global step round-robin (item
+    j of a step goes to micro-batch j mod world x accum), so the copies of an image land in
+    one step, on different devices (or accumulated micro-batches) as far as there are; with
+    accum 1 that is RASampler's dealing over ranks exactly. As RASampler, the epoch keeps its
+    length (the whole global steps of the training set), so it holds the first 1/reps of the
+    permutation: each of its images `reps` times, but the last when a global step is no
+    multiple of `reps` and the epoch's end cuts its copies short. Each copy has a position,
+    hence its own seed and crop.
     """
 
     def __init__(
@@ -143,9 +154,10 @@ class ShardedSampler(Sampler):
         world: int = 1,
         batch: int = 1,
         accum: int = 1,
+        reps: int = 1,
     ):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
-        self.batch, self.accum = batch, accum
+        self.batch, self.accum, self.reps = batch, accum, reps
         self.epoch = 0
         self.start = 0
 
@@ -168,12 +180,25 @@ class ShardedSampler(Sampler):
         step, m = micro // self.accum, micro % self.accum
         return ((step * self.world + self.rank) * self.accum + m) * self.batch + within
 
+    def _repeated(self, positions: torch.Tensor) -> torch.Tensor:
+        """Where in the permutation the images at `positions` are: the positions themselves,
+        or with repeated augmentation the index in the repeated list over the dealing."""
+        if self.reps <= 1:
+            return positions
+        micro_batches = self.world * self.accum  # per global step
+        step_images = micro_batches * self.batch
+        step, q = positions // step_images, positions % step_images
+        micro, within = q // self.batch, q % self.batch
+        dealt = (step * self.batch + within) * micro_batches + micro
+        return dealt // self.reps
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         positions = self._positions()
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(sample_seed(self.seed, self.epoch, 0))
-            order = torch.randperm(self.n, generator=g)[positions].tolist()
+            perm = torch.randperm(self.n, generator=g)
+            order = perm[self._repeated(positions)].tolist()
         else:
             order = positions.tolist()
         positions = positions.tolist()
@@ -198,16 +223,19 @@ def build_loader(
     accum: int = 1,
     read: Callable[[str], Any] = load_rgb,
     collate: Callable = collate_skipping_bad,
+    reps: int = 1,
 ) -> DataLoader:
     """A DataLoader over `samples`; call `loader.sampler.set_epoch(epoch)` before each epoch.
 
     Training yields micro-batches of `batch_size`, `accum` of them per optimizer step, and
     only whole global steps (BatchNorm needs more than one image per batch); validation keeps
     every image. `read` turns a path into what `transform` takes (a PIL image by default, file
-    bytes for the fast decoders, see rn50.data.pipeline); `collate` makes the batch.
+    bytes for the fast decoders, see rn50.data.pipeline); `collate` makes the batch. `reps`:
+    repeated augmentation (training only; see ShardedSampler).
     """
     sampler = ShardedSampler(
-        len(samples), train, seed, rank, world, batch=batch_size if train else 1, accum=accum
+        len(samples), train, seed, rank, world, batch=batch_size if train else 1, accum=accum,
+        reps=reps if train else 1,
     )
     return DataLoader(
         ImageDataset(samples, transform, read),

@@ -7,8 +7,11 @@
 - `pil`: workers decode with PIL and apply torchvision's transforms (uint8); as `cpu` after.
 
 Every mode yields the same label stream and, for one seed, the same crop boxes and flips
-(rn50.data.decode.sample_crop follows torchvision's draws); they differ only in resampling
-details (within a level or two of 255 at full decoding scale).
+(rn50.data.decode.sample_crop follows torchvision's draws) and the same data.auto_augment
+operations (rn50.data.augment: in the workers for cpu and pil, on the device for gpu); they
+differ only in resampling details (within a level or two of 255 at full decoding scale).
+data.ra_reps is the sampler's (rn50.data.loader.ShardedSampler); random erasing and
+MixUp/CutMix act on the batch in the training loop.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ def transforms_for(
     min_scale: float = 0.08,
     hflip: bool = True,
     crop_ratio: float = 0.875,
+    auto_augment: str = "none",
 ):
     """(read, transform, collate) of a mode: what a worker does with a path."""
     if mode not in MODES:
         raise ValueError(f"unknown data.decode mode {mode!r}; one of {', '.join(DECODE_MODES)}")
     read, train_cls, eval_cls, collate = MODES[mode]
     if train:
-        return read, train_cls(resolution, min_scale, hflip), collate
+        return read, train_cls(resolution, min_scale, hflip, auto_augment), collate
     return read, eval_cls(resolution, crop_ratio), collate
 
 
@@ -74,7 +78,13 @@ def make_loader(
     """
     cfg = resolve_data(cfg, device)
     read, transform, collate = transforms_for(
-        cfg.decode, train, resolution or cfg.resolution, cfg.min_scale, cfg.hflip, cfg.crop_ratio
+        cfg.decode,
+        train,
+        resolution or cfg.resolution,
+        cfg.min_scale,
+        cfg.hflip,
+        cfg.crop_ratio,
+        cfg.auto_augment,
     )
     loader = build_loader(
         samples,
@@ -91,6 +101,7 @@ def make_loader(
         accum=accum,
         read=read,
         collate=collate,
+        reps=cfg.ra_reps,
     )
     if cfg.decode == "gpu":
         return DeviceDecodeLoader(loader, device, cfg.decode_ahead)

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from rn50.data.augment import AutoAugmentStep
+
 
 def eval_resize_size(resolution: int, crop_ratio: float) -> int:
     """Short side before the center crop: 224 / 0.875 = 256."""
@@ -16,13 +18,22 @@ def eval_resize_size(resolution: int, crop_ratio: float) -> int:
 
 
 class TrainTransform:
-    """RandomResizedCrop to `resolution`, optional horizontal flip."""
+    """RandomResizedCrop to `resolution`, optional horizontal flip, then the data.auto_augment
+    policy (rn50.data.augment) on the uint8 tensor."""
 
-    def __init__(self, resolution: int, min_scale: float = 0.08, hflip: bool = True):
+    def __init__(
+        self,
+        resolution: int,
+        min_scale: float = 0.08,
+        hflip: bool = True,
+        auto_augment: str = "none",
+    ):
         ops = [T.RandomResizedCrop(resolution, scale=(min_scale, 1.0), antialias=True)]
         if hflip:
             ops.append(T.RandomHorizontalFlip())
         ops.append(T.PILToTensor())
+        if auto_augment != "none":
+            ops.append(AutoAugmentStep(auto_augment))
         self.ops = T.Compose(ops)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

@@ -22,6 +22,7 @@ from rn50.checkpoint import (
     save_checkpoint,
 )
 from rn50.config import Config
+from rn50.data.augment import BatchAugment
 from rn50.data.auto import choose_data
 from rn50.data.batch import to_device
 from rn50.data.schedule import resolution_at
@@ -127,7 +128,9 @@ class Trainer:
         self.compiles = CompileWatch(
             cfg.train.compile, expected_graphs(train_resolutions(cfg)), log.log, rt.device
         )
+        # Takes the soft targets of MixUp/CutMix too, smoothing them as torchvision's does.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.batch_augment = BatchAugment.from_config(cfg.data, cfg.model.num_classes)
         optim_cfg = scaled_lr(cfg.optim, self.global_batch, log)
         self.optimizer = build_optimizer(self.module, optim_cfg, loss_scaling=rt.use_scaler)
         self.steps_per_epoch = len(self.train_data) // accum  # optimizer steps
@@ -245,7 +248,11 @@ class Trainer:
                 )  # fmt: skip
                 continue
             batches = [to_device(x, y, rt.device, rt.channels_last) for x, y, _ in group]
-            targets = torch.cat([y for _, y in batches])
+            targets = torch.cat([y for _, y in batches])  # the meter's: the images' own labels
+            if self.batch_augment is not None:  # erasing, MixUp/CutMix (then soft targets)
+                batches = self.batch_augment.step(
+                    batches, cfg.train.seed, epoch, step, dist.rank(), dist.world_size()
+                )
             buffers.save()
             with self.compiled_call(batches):
                 loss, logits, applied = train_step(

@@ -301,9 +301,10 @@ def test_sync_bn_on_cpus_is_refused_and_compile_keeps_plain_weights(tmp_path, mo
     # in place, before DDP, leaving the state_dict keys plain.
     monkeypatch.setattr(engine.dist, "world_size", lambda: 1)
     calls = []
-    monkeypatch.setattr(model, "compile", lambda: calls.append(True))
+    monkeypatch.setattr(model, "compile", lambda **options: calls.append(options))
     cfg.train.compile, cfg.model.sync_bn = True, False
-    assert engine.parallelize(model, cfg, rt) == (model, model) and calls == [True]
+    # static shapes: one graph per resolution, never dynamic ones
+    assert engine.parallelize(model, cfg, rt) == (model, model) and calls == [{"dynamic": False}]
 
 
 def test_scale_lr_follows_the_per_256_rule(tmp_path):

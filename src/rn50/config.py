@@ -631,7 +631,7 @@ BOUNDS: dict[str, Bound] = {
     "model.num_classes": Bound(2, 1_000_000),
     "optim.momentum": Bound(0, 1, hi_open=True),
     "optim.weight_decay": Bound(0, 1),
-    "optim.max_lr": Bound(0, 100, lo_open=True),
+    "optim.max_lr": Bound(0, 10_000, lo_open=True),
     "optim.pct_start": Bound(0, 1, lo_open=True, hi_open=True),
     "optim.div_factor": Bound(0, 1e6, lo_open=True),
     "optim.final_div_factor": Bound(
@@ -720,7 +720,8 @@ def validate(cfg: Config) -> None:
     _one_of(o.no_decay_rule, "optim.no_decay_rule", NO_DECAY_RULES)
     if o.schedule == "cosine":
         _check(o.warmup_epochs < t.epochs, "optim.warmup_epochs",
-               f"must be fewer than train.epochs ({t.epochs}), got {o.warmup_epochs}")
+               f"must be 0 or more and fewer than train.epochs ({t.epochs}), "
+               f"got {o.warmup_epochs}")
     _check(
         o.base_momentum <= o.max_momentum,
         "optim.base_momentum",

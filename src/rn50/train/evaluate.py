@@ -115,18 +115,24 @@ def evaluate_checkpoint(
         )
     if mapping is not None:
         index = dataclasses.replace(index, val=tuple((p, mapping[y]) for p, y in index.val))
+    data = _eval_data(cfg, rt)
     model = build_model(cfg.model)
     load_weights(model, state["model"], path, "evaluate it with the config it was trained with")
-    result = _evaluate_on(model, index, cfg, rt, warn)
+    result = _evaluate_on(model, index, data, cfg, rt, warn)
     return {**result, "classes": "same" if mapping is None else "mapped"}
 
 
-def _evaluate_on(
-    model: nn.Module, index, cfg: Config, rt: Runtime, warn: Callable[[str], None] | None
-) -> dict:
-    """`evaluate` of `model` on index's validation images, as cfg's data and eval say."""
+def _eval_data(cfg: Config, rt: Runtime):
+    """cfg.data with data.workers/decode auto resolved for this evaluation (logged)."""
     say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
-    data = resolve_data(cfg.data, rt.device, say=say)
+    return resolve_data(cfg.data, rt.device, say=say)
+
+
+def _evaluate_on(
+    model: nn.Module, index, data, cfg: Config, rt: Runtime, warn: Callable[[str], None] | None
+) -> dict:
+    """`evaluate` of `model` on index's validation images, with `data` (resolved) and cfg's
+    eval settings."""
     model.to(rt.device, memory_format=rt.memory_format)
     loader = eval_loader(data, index, rt)
     report = make_reporter(cfg.train, "val", len(loader))
@@ -152,6 +158,7 @@ def evaluate_weights(path: str, cfg: Config, warn: Callable[[str], None] | None 
     index = load_index(cfg.data, None if n == NUM_CLASSES else n)
     if n == NUM_CLASSES:
         check_imagenet_classes(index.classes, index.root)
+    data = _eval_data(cfg, rt)
     model = build_model(cfg.model)
     load_weights(model, state_dict, path, f"pass the weights of {cfg.model.arch} with {n} classes")
-    return _evaluate_on(model, index, cfg, rt, warn)
+    return _evaluate_on(model, index, data, cfg, rt, warn)

@@ -148,7 +148,7 @@ def test_each_key_refuses_bad_values_with_one_line(capsys, tmp_path, key, tp):
 
 @pytest.mark.parametrize("key, inside, outside", [
     ("data.batch_size", "65536", "65537"),
-    ("optim.max_lr", "100", "100.5"),
+    ("optim.max_lr", "10000", "10000.5"),
     ("train.seed", "4294967295", "4294967296"),
     ("optim.weight_decay", "1", "1.01"),
     ("train.log_every_seconds", "1e9", "1.1e9"),

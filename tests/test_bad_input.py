@@ -22,6 +22,7 @@ from rn50 import resources
 from rn50.cli import main
 from rn50.config import (
     ANNEAL,
+    ARCHS,
     BOUNDS,
     DECODE_MODES,
     PRECISIONS,
@@ -171,7 +172,7 @@ def test_non_finite_numbers_say_finite():
     ("train.progress", PROGRESS), ("train.precision", PRECISIONS),
     ("data.decode", DECODE_MODES), ("optim.anneal_strategy", ANNEAL),
     ("lr_finder.rule", RULES), ("train.device", ("auto", "cpu", "cuda:1")),
-    ("optim.max_lr", ("auto",)), ("model.arch", ("on", "yes", "no")),
+    ("optim.max_lr", ("auto",)), ("model.arch", ARCHS),
     ("data.workers", ("auto",)), ("data.decode", ("auto",)),
     ("data.data_dir", ("off", "no", "2024", "1e3", "true")),
     ("data.skip_list", ("off", "null.txt")),
@@ -355,6 +356,39 @@ def test_every_output_path_is_checked_first(capsys, tmp_path, files, ckpt, tiny_
         assert time.perf_counter() - start < 10, argv  # refused before the work, not after
 
 
+def test_no_output_file_replaces_a_users_file_or_lands_in_the_dataset(
+    capsys, tmp_path, tiny_data
+):
+    """--json, --skip-list, data show --out and runs --out replace only what such a command
+    wrote before; data check writes nothing inside the dataset it checks."""
+    cfg = run_yaml(tmp_path, tiny_data)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("data: {batch_size: 8}\n")
+    image = next((tiny_data / "train").rglob("*.jpg"))
+    run = tmp_path / "run0"
+    (run / "metrics.jsonl").parent.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(record(1, 50.0)) + "\n")
+    cases = [
+        (["data", "check", tiny_data, "--json", mine], "is not a JSON report rn50 wrote"),
+        (["data", "check", tiny_data, "--skip-list", mine], "is not an rn50 skip list"),
+        (["data", "check", tiny_data, "--json", image], "is inside the dataset"),
+        (["data", "check", tiny_data, "--skip-list", tiny_data / "skip.txt"], "inside the dataset"),
+        (["data", "show", "-c", cfg, "--out", mine], "is not a PNG image rn50 wrote"),
+        (["runs", "--plot", run, "--out", mine], "is not a PNG image rn50 wrote"),
+    ]
+    before = image.read_bytes()
+    for argv, needle in cases:
+        one_error(capsys, argv, tmp_path, needle)
+    assert mine.read_text() == "data: {batch_size: 8}\n" and image.read_bytes() == before
+    # an earlier output of the same command is replaced
+    report, skip = tmp_path / "report.json", tmp_path / "skip.txt"
+    for _ in range(2):
+        rc = main(["data", "check", str(tiny_data), "--json", str(report),
+                   "--skip-list", str(skip)])
+        assert rc == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["files"] and skip.read_text().startswith("# rn50")
+
+
 # --- rn50 runs: a broken run is a warning; the others are listed ---------------------------
 
 def record(epoch: int, top1: float, **drop) -> dict:
@@ -490,3 +524,20 @@ def test_every_worker_count_is_capped(capsys, monkeypatch, tmp_path, tiny_data):
     monkeypatch.setattr(resources, "available_cpus", lambda: 100)
     assert main(["data", "check", str(tiny_data), "--workers", "80"]) == 2
     assert seen["check"] == 60 and "there are only 60 to do" in capsys.readouterr().err
+
+
+def test_what_a_new_user_tried_is_refused_in_one_line(capsys, tmp_path, tiny_data):
+    """A network rn50 does not train, a key written twice, a demo too large for the machine:
+    one line each, exit 2, nothing written."""
+    cfg = run_yaml(tmp_path, tiny_data)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data:\n  batch_size: 8\n  batch_size: 16\n")
+    cases = [
+        (["train", "-c", cfg, "--set", "model.arch=vit_b_16"],
+         "model.arch 'vit_b_16' is not a torchvision ResNet"),
+        (["config", "--set", "model.arch=resnet1000"], "model.arch 'resnet1000'"),
+        (["config", "-c", twice], "at line 3 sets 'batch_size' twice"),
+        (["data", "demo", tmp_path / "big", "--size", "100000"], "--size must be 8 to 1024 px"),
+    ]
+    for argv, needle in cases:
+        one_error(capsys, argv, tmp_path, needle)

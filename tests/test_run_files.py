@@ -509,3 +509,28 @@ def test_a_fresh_start_never_writes_over_a_run(run2, tiny_data, tmp_path, capsys
     assert err.count("\n") == 1 and "train.resume is false" in err, err
     assert "checkpoint_epoch_001.pth" in err and "write over" in err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_run_dir_trains_one_run_at_a_time(run2, tiny_data, tmp_path, capsys):
+    """While one rn50 train holds a run dir, a second is refused with one line and changes
+    nothing there; once the first ends, the run dir is free again."""
+    from rn50.fileio import lock_run_dir
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(run2, run_dir)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    config = tmp_path / "c.yaml"
+    config.write_text(config18(tiny_data, run_dir).to_yaml())
+    held = lock_run_dir(run_dir)
+    try:
+        assert main(["train", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is in use by another rn50 run" in err, err
+        assert f"process {os.getpid()}" in err
+        after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+        assert {k: v for k, v in after.items() if k != ".rn50.lock"} == {
+            k: v for k, v in before.items() if k != ".rn50.lock"}
+    finally:
+        held.close()
+    assert main(["train", "--config", str(config)]) == 0  # complete already: nothing to do
+    assert "Training already complete" in capsys.readouterr().out

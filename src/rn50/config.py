@@ -110,7 +110,8 @@ class ModelConfig:
     """Which network is built."""
 
     arch: str = "resnet50"
-    """a torchvision classification model name (resnet50, resnet18, ...)."""
+    """a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
+    resnext101_32x8d, resnext101_64x4d, wide_resnet50_2 or wide_resnet101_2."""
     num_classes: int = 1000
     """size of the output layer; must equal the number of classes in the dataset."""
     channels_last: bool = True
@@ -326,6 +327,11 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DECODE_MODES = ("cpu", "gpu", "pil")  # rn50.data.pipeline implements them
 AUTO_AUGMENT = ("none", "ta_wide", "randaugment", "autoaugment")  # rn50.data.augment
 ANNEAL = ("cos", "linear")  # torch OneCycleLR's anneal_strategy
+# torchvision's ResNet family: what rn50's recipes, BlurPool and its tests are built for.
+ARCHS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
 SCHEDULES = ("onecycle", "cosine")  # rn50.optim.build_scheduler
 NO_DECAY_RULES = ("1d", "bn_name", "norm")  # rn50.optim.param_groups
 RULES = ("steepest", "minimum", "edge", "divergence")
@@ -443,8 +449,8 @@ def merge(cfg: Config, tree: Any, source: str = "config") -> Config:
         return cfg
     if not isinstance(tree, dict):
         raise ConfigError(
-            f"{excerpt(source, 240)} must be a mapping of sections (data:, model:, ...), got "
-            f"{excerpt(tree)}"
+            f"{source} must be a mapping of sections (data:, model:, ...), got "
+            f"{excerpt(tree)}; write the file as 'data:' / '  batch_size: 64' lines"
         )
     for section, values in tree.items():
         if section not in SECTIONS:
@@ -481,6 +487,19 @@ class _ConfigLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 (PyYAML's signature)
+        # A key written twice: YAML keeps the last silently, and the user meant one of them.
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"sets '{str(key)[:40]}' twice; keep one of them",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
 
 _ConfigLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag == "tag:yaml.org,2002:null"]
@@ -499,7 +518,7 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", "") or ""
-        if "alias" in problem:
+        if "alias" in problem or "twice" in problem:
             raise ConfigError(f"{source}{where} {problem}") from None
         raise ConfigError(f"{source} is not valid YAML{where}; fix the syntax") from None
     except ValueError:  # an explicit !!int of thousands of digits, !!timestamp out of range
@@ -542,7 +561,7 @@ def load_config(
         except UserError as e:  # rn50.paths says what is wrong with the file
             raise ConfigError(str(e)) from None
         shown = excerpt(str(path), 240)
-        merge(cfg, parse_yaml(text, shown), source=shown)
+        merge(cfg, parse_yaml(text, shown), source=f"--config {shown}")
     for item in overrides:
         merge(cfg, parse_override(item), source="--set")
     validate(cfg)
@@ -708,7 +727,11 @@ def validate(cfg: Config) -> None:
             "data.ramp_end_epoch",
             "must be larger than data.ramp_start_epoch when min_resolution is set",
         )
-    _check(bool(m.arch), "model.arch", "must name a torchvision model")
+    if m.arch not in ARCHS:
+        raise ConfigError(
+            f"model.arch {excerpt(m.arch)} is not a torchvision ResNet rn50 trains; use one of "
+            f"{', '.join(ARCHS[:5])}, ... (see rn50 config)"
+        )
     _check(o.optimizer == "sgd", "optim.optimizer", f"must be sgd, got {excerpt(o.optimizer)}")
     if isinstance(o.max_lr, str):
         _check(o.max_lr == "auto", "optim.max_lr",

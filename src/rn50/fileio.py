@@ -124,3 +124,35 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+LOCK_FILE = ".rn50.lock"
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> IO[str]:
+    """Take `run_dir`'s lock for this process (an exclusive flock on run_dir/.rn50.lock, held
+    until the returned file is closed or the process ends, however it ends), creating the
+    folder. Two trainings writing one run dir would interleave their checkpoints and
+    records. Raises UserError naming the process that holds it."""
+    import fcntl
+
+    from rn50.errors import UserError
+
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - held open for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(
+            f"train.checkpoint_dir {run_dir} is in use by another rn50 run ({holder}); wait "
+            f"for it to end, or use another train.checkpoint_dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {host_name()}\n")
+    f.flush()
+    return f

@@ -52,13 +52,37 @@ def _check_parent(path: Path, what: str) -> None:
         return
 
 
-def check_output_file(path: str | os.PathLike, what: str) -> Path:
+# What each kind of output file rn50 writes begins with: an existing file is replaced only
+# when it begins the same way (an earlier output of the same command), never a user's file.
+OUTPUT_KINDS = {
+    "png": (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    "json": (b"{", "a JSON report"),
+    "skip list": (b"# rn50 skip list", "an rn50 skip list"),
+}
+
+
+def check_output_file(
+    path: str | os.PathLike, what: str, kind: str | None = None, inside: str | None = None
+) -> Path:
     """`path` can be written as a file: it is absent or a regular file, its folder writable.
 
-    `what` names the path in the message (e.g. "--json"). Raises UserError otherwise.
+    `what` names the path in the message (e.g. "--json"). With `kind` (a key of
+    OUTPUT_KINDS), an existing file is replaced only when it begins as that kind of output
+    does (an earlier run of the same command wrote it), never a user's other file. With
+    `inside` (a dataset root), the path must not be under it. Raises UserError otherwise.
     """
     p = Path(path).expanduser()
+    if inside is not None and _under(p, Path(inside)):
+        raise UserError(f"{what} {_show(p)} is inside the dataset {_show(inside)}; write it "
+                        f"elsewhere")
     st = _stat(p, what)
+    if st is not None and kind is not None and stat.S_ISREG(st.st_mode):
+        magic, name = OUTPUT_KINDS[kind]
+        with open(p, "rb") as f:
+            start = f.read(len(magic))
+        if start != magic:
+            raise UserError(f"{what} {_show(p)} exists and is not {name} rn50 wrote; name a "
+                            f"new file, or move that one away")
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise UserError(f"{what} {_show(p)} is a folder; name a file to write")
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -136,3 +160,12 @@ def read_text_file(path: str | os.PathLike, what: str, hint: str, max_bytes: int
         ) from None
     except OSError as e:
         raise UserError(f"{what} {_show(p)} cannot be read ({e.strerror})") from None
+
+
+def _under(path: Path, root: Path) -> bool:
+    """Whether `path` (resolved, links followed) is `root` or inside it."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True

@@ -15,6 +15,8 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
     from rn50.data.demo import write_demo_dataset
     from rn50.paths import check_output_dir
 
+    if not 8 <= args.size <= 1024:  # 1,797 images of size^2 px: 1024 is already 5 GB of pixels
+        raise UserError(f"--size must be 8 to 1024 px, got {excerpt(args.size)}")
     check_output_dir(args.out, "DIR")
     index = write_demo_dataset(args.out, size=args.size)
     print(
@@ -57,10 +59,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         raise UserError(f"--max-paths must be 0 or more, got {excerpt(args.max_paths)}")
     if args.workers is not None and args.workers < 1:  # every argument before the dataset
         raise UserError(f"--workers must be at least 1, got {excerpt(args.workers)}")
-    # Every output before the scan, not after an hour of it.
-    for flag, path in (("--json", args.json), ("--skip-list", args.skip_list)):
+    # Every output before the scan, not after an hour of it; none inside the dataset.
+    for flag, path, kind in (("--json", args.json, "json"),
+                             ("--skip-list", args.skip_list, "skip list")):
         if path:
-            check_output_file(path, flag)
+            check_output_file(path, flag, kind, inside=args.path)
     if args.fix_to:
         check_output_dir(args.fix_to, "--fix-to")
     index = find_dataset(args.path)
@@ -101,7 +104,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     check_run_files(cfg, writes_run_dir=False)
     out = args.out or Path(cfg.train.checkpoint_dir) / "samples.png"
-    check_output_file(out, "--out" if args.out else "<train.checkpoint_dir>/samples.png")
+    check_output_file(out, "--out" if args.out else "<train.checkpoint_dir>/samples.png", "png")
     print(f"Wrote {show_samples(cfg, out, args.count)}")
     return 0
 

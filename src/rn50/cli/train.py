@@ -136,7 +136,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rn50.runs import format_table, load_runs, plot_runs
 
     if args.plot:
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", "png")
         print(f"Wrote {plot_runs(args.plot, args.out)}")
         return 0
     runs = load_runs(args.dir, warn=lambda msg: print(f"rn50: warning: {msg}", file=sys.stderr))

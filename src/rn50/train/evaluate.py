@@ -11,7 +11,7 @@ from torch import nn
 from rn50 import distributed as dist
 from rn50.checkpoint import check_classes, class_mapping, load_weights, read_state_dict
 from rn50.config import Config
-from rn50.data.auto import resolve_data
+from rn50.data.auto import DataChoice, choose_data
 from rn50.data.batch import to_device
 from rn50.errors import ConfigError
 from rn50.metrics import Meter
@@ -122,17 +122,22 @@ def evaluate_checkpoint(
     return {**result, "classes": "same" if mapping is None else "mapped"}
 
 
-def _eval_data(cfg: Config, rt: Runtime):
-    """cfg.data with data.workers/decode auto resolved for this evaluation (logged)."""
-    say = note if dist.is_main() else None  # eval does not compile: the eager step's rates
-    return resolve_data(cfg.data, rt.device, say=say)
+def _eval_data(cfg: Config, rt: Runtime) -> DataChoice:
+    """data.workers/decode auto chosen for this evaluation (eval does not compile: the eager
+    step's rates); said by _evaluate_on, once the weights have loaded."""
+    return choose_data(cfg.data, rt.device)
 
 
 def _evaluate_on(
-    model: nn.Module, index, data, cfg: Config, rt: Runtime, warn: Callable[[str], None] | None
+    model: nn.Module, index, choice: DataChoice, cfg: Config, rt: Runtime,
+    warn: Callable[[str], None] | None,
 ) -> dict:
-    """`evaluate` of `model` on index's validation images, with `data` (resolved) and cfg's
-    eval settings."""
+    """`evaluate` of `model` on index's validation images, with the data settings of
+    `choice` (its lines said first) and cfg's eval settings."""
+    if dist.is_main():
+        for line in choice.lines:
+            note(line)
+    data = choice.data
     model.to(rt.device, memory_format=rt.memory_format)
     loader = eval_loader(data, index, rt)
     report = make_reporter(cfg.train, "val", len(loader))

@@ -28,7 +28,7 @@ from rn50.data.batch import to_device
 from rn50.data.schedule import resolution_at
 from rn50.ema import ModelEMA, recompute_bn_statistics
 from rn50.errors import CheckpointError, Diverged
-from rn50.fileio import remove_stale_temps
+from rn50.fileio import lock_run_dir, remove_stale_temps
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
 from rn50.optim import build_optimizer, build_scheduler, current_lr, scaled_lr
@@ -75,6 +75,23 @@ class Trainer:
         self.rt = rt = make_runtime(cfg)
         self.index = load_index(cfg.data, cfg.model.num_classes)
         self.run_dir = Path(cfg.train.checkpoint_dir)
+        # One training a run dir at a time: rank 0 holds the lock until fit() ends (or the
+        # process does), and gives it back when the set-up fails.
+        self.lock = lock_run_dir(self.run_dir) if dist.is_main() else None
+        try:
+            self._set_up(cfg, rt)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give back the run dir's lock (another training may use the run dir from now on)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def _set_up(self, cfg: Config, rt) -> None:
+        """The rest of __init__, under the run dir's lock."""
         self.log = log = RunLog(self.run_dir, enabled=dist.is_main())
         if dist.is_main():  # files of a killed process's writes, under temporary names
             removed = remove_stale_temps(self.run_dir)
@@ -161,6 +178,13 @@ class Trainer:
     def fit(self) -> dict:
         """Train the remaining epochs, evaluating and checkpointing after each; returns the
         last epoch's metrics record ({} when the run was already complete)."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
+        """fit(), under the run dir's lock."""
         cfg, rt, log = self.cfg, self.rt, self.log
         scaling = " with loss scaling" if rt.use_scaler else ""
         log.log(f"Using {precision_name(rt)} precision{scaling}")

@@ -281,6 +281,13 @@ def find_max_lr(model: nn.Module, loader, cfg: Config, rt: Runtime, out_dir: Pat
     extra = f", {sweep.skipped} fp16 steps skipped" if sweep.skipped else ""
     log.log(f"LR range test: {len(sweep.lrs)} points ({sweep.stop_reason}{extra})")
     log.log(f"Suggested max_lr: {lr:.4g} ({f.rule} rule)")
+    if f.rule == "divergence" and sweep.stop_reason == "finished":
+        # The rule reads where the loss blew up; a sweep that never did gives its last LR.
+        log.warn(
+            f"the loss did not diverge up to lr_finder.end_lr={f.end_lr:g}, so the suggestion "
+            f"is only end_lr / {f.divergence_divisor:g}; raise lr_finder.end_lr or "
+            f"lr_finder.num_iter, or set optim.max_lr yourself"
+        )
     log.log(f"LR finder plot: {plot}")
     log.log(f"LR finder curve: {table}")
     return Result(lr, plot, table, sweep)

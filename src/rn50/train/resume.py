@@ -175,7 +175,10 @@ def restore(run, path: Path, state: dict, log) -> Resumed:
     if step:
         where += f", step {step}/{run.steps_per_epoch}"
     log.log(f"Loaded checkpoint '{path}' ({where})")
-    log.log(f"Previous best accuracy: {progress.best_top1:.2f}% (epoch {progress.best_epoch})")
+    if progress.best_epoch:
+        log.log(f"Previous best accuracy: {progress.best_top1:.2f}% (epoch {progress.best_epoch})")
+    else:
+        log.log("Previous best accuracy: none yet (no epoch finished)")
     return Resumed(progress, step, sums)
 
 

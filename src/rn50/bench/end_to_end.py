@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import time
 
+from rn50 import resources
 from rn50.bench.model_step import AMP_DTYPES, compile_model, training_setup
 from rn50.bench.plan import BenchPlan
 from rn50.bench.timing import sync
 from rn50.config import DataConfig
-from rn50.resources import available_cpus
 
 
 def bench_end_to_end(
@@ -90,7 +90,7 @@ def bench_end_to_end(
         "channels_last": channels_last,
         "compile": compiled,
         "compile_mode": (mode or "default") if compiled else None,
-        "cores": available_cpus(),
+        "cores": resources.available_cpus(),
         "img_s": count / elapsed if elapsed > 0 else float("nan"),
         "images": count,
         "warmup_steps": warmup,

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from rn50 import resources
 from rn50.config import Config, DataConfig
-from rn50.resources import available_cpus
 
 DATA_MODES = ("torchvision", "pil", "cpu", "gpu")  # torchvision: the baseline, not an rn50 mode
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -73,7 +73,7 @@ def default_plan(
     (rn50.data.auto; each choice's line through `say`)."""
     from rn50.data.auto import resolve_data
 
-    cores = available_cpus()
+    cores = resources.available_cpus()
     data = resolve_data(cfg.data, device, cfg.train.compile, say)
     cuda = device.type == "cuda"
     precisions = list(PRECISIONS if full else ("fp32", "bf16"))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from rn50 import resources
 from rn50.bench.data_path import bench_data, bench_files, ratios
 from rn50.bench.end_to_end import bench_end_to_end
 from rn50.bench.gpu_stages import bench_gpu_stages
@@ -19,7 +20,6 @@ from rn50.bench.plan import STEP_TARGET_IMG_S, BenchPlan, epoch_resolutions
 from rn50.bench.projection import fastest, project
 from rn50.bench.report import decode_label
 from rn50.bench.sync_cost import bench_sync
-from rn50.resources import available_cpus
 
 
 def run_bench(plan: BenchPlan, log=None) -> dict:
@@ -61,7 +61,7 @@ def _run(plan: BenchPlan, say) -> dict:
     result: dict = {
         "device": _device_name(plan.device),
         "torch": torch.__version__,
-        "cores": available_cpus(),
+        "cores": resources.available_cpus(),
         "threads": torch.get_num_threads() if not plan.threads else plan.threads,
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "plan": {
@@ -166,4 +166,4 @@ def step_target(records: list[dict], target: float = STEP_TARGET_IMG_S) -> dict 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {available_cpus()} cores)"
+    return f"cpu ({platform.processor() or platform.machine()}, {resources.available_cpus()} cores)"

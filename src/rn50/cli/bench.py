@@ -37,6 +37,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
+    from rn50 import resources
     from rn50.bench.plan import (
         COMPILE_MODES,
         DATA_MODES,
@@ -50,7 +51,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from rn50.bench.run import run_bench
     from rn50.config import load_config
     from rn50.paths import check_input_file
-    from rn50.resources import available_cpus, cap_workers, note
+    from rn50.resources import cap_workers, note
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
@@ -84,9 +85,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in ("images", "steps", "repeats", "epochs", "gpus", "threads", "cores"):
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {excerpt(changes[name])}")
-    if args.cores and args.cores > available_cpus():
+    if args.cores and args.cores > resources.available_cpus():
         raise UserError(f"--cores {args.cores}: this process may use only "
-                        f"{available_cpus()} cores")
+                        f"{resources.available_cpus()} cores")
     if args.cores and args.workers is None and not args.from_file:
         # as if the machine had N cores: the default worker counts and the end-to-end
         # run's workers fit in them

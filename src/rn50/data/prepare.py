@@ -42,6 +42,7 @@ from typing import IO
 
 from PIL import Image
 
+from rn50 import resources
 from rn50.data.check.fix import _loc_files
 from rn50.data.check.report import _Progress
 from rn50.data.check.scan import _truncated_images_refused
@@ -56,7 +57,6 @@ from rn50.data.image import (
 from rn50.data.layout import find_dataset, index_warnings
 from rn50.errors import DataError
 from rn50.fileio import atomic_write_text, remove_stale_temps, temp_path
-from rn50.resources import available_cpus
 
 SETTINGS_FILE = ".rn50-prepare.json"
 DONE_FILE = ".rn50-prepared.json"
@@ -181,7 +181,7 @@ def _claim(out: Path, settings: dict) -> None:
 
 def _in_parallel(todo, max_side: int, quality: int, workers: int | None):
     """Lists of (source path, outcome), chunk by chunk, in the order they finish."""
-    workers = available_cpus() if workers is None else workers
+    workers = resources.available_cpus() if workers is None else workers
     chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
     if workers <= 1:
         for chunk in chunks:

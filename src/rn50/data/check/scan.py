@@ -42,11 +42,11 @@ from typing import IO
 import numpy as np
 from PIL import ImageFile, UnidentifiedImageError
 
+from rn50 import resources
 from rn50.data.check.report import DatasetReport, DuplicateGroup, FileReport, _Progress
 from rn50.data.image import LargeImageWarning, open_pil, orientation, to_rgb
 from rn50.data.layout import DatasetIndex, printable
 from rn50.errors import one_line
-from rn50.resources import available_cpus
 
 UNREADABLE = "unreadable"
 NOT_JPEG = "not_jpeg"
@@ -184,13 +184,13 @@ def check_dataset(
 ) -> DatasetReport:
     """Decode every train and val file of `index` in `workers` processes and report.
 
-    `workers` <= 1 checks in this process; None: available_cpus(). With `progress`, a
+    `workers` <= 1 checks in this process; None: resources.available_cpus(). With `progress`, a
     progress bar goes to `stream` (stderr by default) when it is a terminal, else a plain line
     every rn50.data.check.report.PLAIN_PROGRESS_EVERY_S seconds and one at the end. Bad files
     are reported, not raised; Ctrl-C stops the workers without decoding the rest.
     """
     start = time.monotonic()
-    workers = available_cpus() if workers is None else workers
+    workers = resources.available_cpus() if workers is None else workers
     samples = index.train + index.val
     paths = [p for p, _ in samples]
     n_train = len(index.train)

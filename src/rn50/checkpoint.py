@@ -90,11 +90,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at '{p}'; pass a .pth file written by 'rn50 train'")
+    state = safe_torch_load(p, "rn50 checkpoint", map_location)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        raise CheckpointError(f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights)")
+    return state
+
+
+def safe_torch_load(p: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(p, weights_only=True), or CheckpointError with one line: a file holding
+    pickled objects is refused in rn50's words, naming one of them; `what` names the kind of
+    file in other refusals ("rn50 checkpoint", "weights file")."""
     try:
         with warnings.catch_warnings():
             # torch's chatter about pickle protocols of a file it is about to refuse anyway.
             warnings.simplefilter("ignore")
-            state = torch.load(p, map_location=map_location, weights_only=True)
+            return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not loadable"
         refused = isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower()
         found = pickled_object(p, str(e)) if refused else None
@@ -104,11 +114,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"and plain data, and will not unpickle it"
             ) from None
         # torch's own words for a refused file suggest loading it unsafely: never quoted.
-        reason = "not a PyTorch checkpoint, or a damaged one" if refused else plain_reason(e)
-        raise CheckpointError(f"'{p}' is not a loadable rn50 checkpoint ({reason})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
-        raise CheckpointError(f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights)")
-    return state
+        kind = what.replace("rn50 ", "")
+        reason = f"not a PyTorch {kind}, or a damaged one" if refused else plain_reason(e)
+        raise CheckpointError(f"'{p}' is not a loadable {what} ({reason})") from None
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -334,19 +342,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             state = load_file(str(p))
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling and header errors come in many types
-        refused = isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower()
-        found = pickled_object(p, str(e)) if refused else None
-        if found:
-            raise CheckpointError(
-                f"'{p}' holds pickled Python objects (e.g. {found}); rn50 loads only tensors "
-                f"and plain data, and will not unpickle it"
-            ) from None
-        reason = "not a PyTorch weights file, or a damaged one" if refused else plain_reason(e)
-        raise CheckpointError(f"'{p}' is not a loadable weights file ({reason})") from None
+            state = safe_torch_load(p, "weights file")
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors' header errors
+        raise CheckpointError(f"'{p}' is not a loadable weights file ({plain_reason(e)})") from None
     if isinstance(state, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(state.get(wrapper), dict):

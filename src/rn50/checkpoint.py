@@ -28,10 +28,12 @@ EPOCH_FILE = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
 
 
 def epoch_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """run_dir/checkpoint_epoch_NNN.pth, the checkpoint written after epoch `epoch`."""
     return Path(run_dir) / f"checkpoint_epoch_{epoch:03d}.pth"
 
 
 def best_path(run_dir: str | os.PathLike) -> Path:
+    """run_dir/model_best.pth, a copy of the epoch checkpoint with the best val top-1."""
     return Path(run_dir) / "model_best.pth"
 
 

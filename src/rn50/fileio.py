@@ -106,6 +106,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (a reader sees the old file or the new one)."""
     with atomic_open(path, "w") as f:
         f.write(text)
 

@@ -31,13 +31,16 @@ class RunLog:
 
     @property
     def metrics_path(self) -> Path:
+        """run_dir/metrics.jsonl: one line per finished epoch."""
         return self.run_dir / "metrics.jsonl"
 
     @property
     def steps_path(self) -> Path:
+        """run_dir/steps.jsonl: the LR and momentum of every optimizer step."""
         return self.run_dir / "steps.jsonl"
 
     def log(self, message: str = "") -> None:
+        """A line on stdout and in the training log (rank 0)."""
         if not self.enabled:
             return
         _print(message, sys.stdout)
@@ -49,11 +52,13 @@ class RunLog:
             self._file.write(message + "\n")
 
     def warn(self, message: str) -> None:
+        """A `warning:` line on stderr and in the training log (rank 0)."""
         if self.enabled:
             _print(f"warning: {message}", sys.stderr)
             self._file.write(f"warning: {message}\n")
 
     def write_config(self, yaml_text: str) -> None:
+        """The resolved config as run_dir/config.yaml, written atomically (rank 0)."""
         if self.enabled:
             atomic_write_text(self.run_dir / "config.yaml", yaml_text)
 
@@ -83,6 +88,7 @@ class RunLog:
         atomic_write_text(self.steps_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
+        """Close the training log file."""
         for f in (self._file, self._steps):
             if f is not None:
                 f.close()
@@ -93,12 +99,15 @@ class ConsoleLog:
     """The RunLog interface for commands that only print (e.g. rn50 lr-find)."""
 
     def log(self, message: str = "") -> None:
+        """A line on stdout."""
         _print(message, sys.stdout)
 
     def record(self, message: str) -> None:
+        """A line on stdout (there is no log file to keep it in)."""
         pass
 
     def warn(self, message: str) -> None:
+        """A `warning:` line on stderr."""
         _print(f"warning: {message}", sys.stderr)
 
 

@@ -99,6 +99,8 @@ class StageClock:
         self.totals: dict[str, tuple[float, float]] = {}
 
     def time(self, name: str, work: Callable):
+        """Run `work()`, adding its host seconds and its seconds until the device is done to stage
+        `name`'s totals; returns what `work` returned."""
         sync(self.device)
         t0 = time.perf_counter()
         out = work()

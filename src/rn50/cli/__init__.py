@@ -23,6 +23,7 @@ class Parser(argparse.ArgumentParser):
     ERROR_CHARS = 300
 
     def error(self, message: str) -> typing.NoReturn:
+        """Print `message` as one bounded line and exit with code 2."""
         text = " ".join(message.split())
         if len(text) > self.ERROR_CHARS:
             text = text[: self.ERROR_CHARS - 3] + "..."

@@ -300,14 +300,17 @@ class DeviceDecodeLoader:
 
     @property
     def sampler(self):
+        """The wrapped loader's sampler (set_epoch, resume)."""
         return self.loader.sampler
 
     @property
     def dataset(self):
+        """The wrapped loader's dataset."""
         return self.loader.dataset
 
     @property
     def batch_size(self):
+        """Images per batch, as the wrapped loader's."""
         return self.loader.batch_size
 
     def __len__(self) -> int:

@@ -80,6 +80,8 @@ def report_warnings(caught: list[warnings.WarningMessage], path: str) -> None:
 
 
 class Batch(NamedTuple):
+    """One batch of the loader: uint8 images (N x 3 x H x W), int64 targets (N), and the files left
+    out of it as unreadable."""
     images: torch.Tensor  # uint8 (N, 3, H, W); channels-last in memory from the cpu decoder
     targets: torch.Tensor  # int64 (N,)
     bad: list[str]  # files of this batch that could not be decoded (left out)
@@ -162,6 +164,8 @@ class ShardedSampler(Sampler):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Deal epoch `epoch`'s order, going on after its first `start` samples (all ranks
+        together) when resuming mid-epoch."""
         self.epoch, self.start = epoch, start
 
     def _share(self) -> int:

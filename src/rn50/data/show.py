@@ -31,6 +31,7 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def warn(message: str) -> None:
+    """One warning line on stderr."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 

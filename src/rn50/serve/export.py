@@ -72,6 +72,7 @@ def check_batch(info: ModelInfo) -> np.ndarray:
 
 
 def torch_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    """PyTorch's logits (N x classes, float32) of a preprocessed batch (N x 3 x R x R)."""
     with torch.inference_mode():
         return model(torch.from_numpy(batch)).float().numpy()
 
@@ -277,6 +278,8 @@ def requirements(backend: str) -> str:
 
 
 def space_readme(info: ModelInfo, backend: str, title: str) -> str:
+    """The Space's README.md: its metadata (Gradio SDK and version) and the model card, from the
+    template."""
     template = (TEMPLATE / "README.md").read_text(encoding="utf-8")
     top1 = f"{info.best_top1:.2f}%" if info.best_top1 is not None else "n/a"
     values = {

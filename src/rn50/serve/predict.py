@@ -97,6 +97,8 @@ class TorchBackend:
         self.num_outputs = info.num_classes
 
     def preprocess(self, images: Sequence[Image.Image], info: ModelInfo) -> torch.Tensor:
+        """PIL images -> the normalized float batch (N x 3 x R x R) on the device, by the eval
+        transform."""
         from rn50.data.batch import normalize
 
         batch = torch.stack([self.transform(im) for im in images]).to(self.device)

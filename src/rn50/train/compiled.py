@@ -91,6 +91,8 @@ class CompileWatch:
 
     @contextlib.contextmanager
     def first(self, key: str):
+        """A context around a call with the shape named `key`: the first such call (where
+        torch.compile compiles) is timed, and its new graphs counted and logged."""
         if not self.enabled or key in self.times:
             yield
             return

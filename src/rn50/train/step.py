@@ -209,11 +209,13 @@ class PendingChecks:
         self.losses: list[torch.Tensor] = []
 
     def add(self, step: int, applied: bool | torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep step `step`'s device-side flag and loss until the next read."""
         self.steps.append(step)
         self.flags.append(torch.as_tensor(applied))
         self.losses.append(loss)
 
     def due(self) -> bool:
+        """Whether `every` steps are waiting to be read."""
         return len(self.steps) >= self.every
 
     def read(self) -> list[tuple[int, bool, float]]:

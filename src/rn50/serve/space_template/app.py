@@ -18,6 +18,8 @@ EXAMPLES = HERE / "examples"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python app.py`: serve the page; `python app.py IMAGE... [--json]`: print each image's
+    top-5."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="classify these and exit")
     parser.add_argument("--json", action="store_true", help="print JSON (the default for files)")

@@ -77,6 +77,7 @@ class ModelInfo:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (outputs of the model)."""
         return len(self.classes)
 
     def summary(self) -> str:
@@ -90,10 +91,12 @@ class ModelInfo:
         return line + ("\n\n" + FLIP_LINE if self.flip else "")
 
     def to_json(self) -> str:
+        """This info as the JSON of classes.json."""
         return json.dumps({"format": INFO_FORMAT, **asdict(self)}, indent=1, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str, source: str = "classes.json") -> "ModelInfo":
+        """Parse classes.json text (`source` names it in errors); raises ModelFileError."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -107,6 +110,7 @@ class ModelInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelInfo":
+        """Read a classes.json file; raises ModelFileError when it is missing or not rn50's."""
         p = Path(path)
         if not p.is_file():
             raise ModelFileError(f"no classes file at '{p}'")
@@ -162,6 +166,7 @@ def mirror(batch: Any) -> Any:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of logits (N x classes) along the last axis, computed stably in float64."""
     z = logits.astype(np.float64)
     z = np.exp(z - z.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
@@ -278,6 +283,7 @@ class Classifier:
         return softmax(self.logits(images))
 
     def predict(self, images: Sequence[Image.Image], k: int = 5) -> list[list[Prediction]]:
+        """The top `k` classes of each image, most likely first."""
         return [top_k(p, self.info, k) for p in self.probabilities(images)]
 
     def predict_file(

@@ -56,6 +56,7 @@ def label_dict(predictions: Sequence) -> dict[str, float]:
 
 def theme() -> gr.themes.Base:
     # System fonts: the default theme fetches web fonts, which an offline machine cannot.
+    """Gradio's default theme with the system's fonts (no web fonts: it works offline)."""
     return gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"],
         font_mono=["ui-monospace", "monospace"],

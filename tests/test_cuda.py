@@ -152,6 +152,30 @@ def test_fixed_crop_on_the_device_matches_the_cpu_path(photos):
         assert mean_diff(dev, host.flip(-1)) <= DECODER_MEAN + 0.5
 
 
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_device_decoding_turns_each_exif_orientation_upright(tmp_path, turn):
+    """nvJPEG ignores EXIF: the orientation read from the header turns the decoded pixels on
+    the device, to what Pillow's exif_transpose shows (the known answer)."""
+    import numpy as np
+    from PIL import ImageOps
+
+    a = np.zeros((24, 40, 3), np.uint8)
+    a[:, :20] = (255, 0, 0)
+    a[:12, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    path = tmp_path / f"exif{turn}.jpg"
+    Image.fromarray(a).save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as im:
+        upright = torch.from_numpy(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+    data = decode.read_bytes(str(path))
+    (pixels,) = gpu.decode_jpegs([torch.from_numpy(data)], DEVICE)
+    turned = gpu.orient_tensor(pixels, turn)
+    assert turned.device.type == DEVICE.type
+    assert turned.shape == upright.permute(2, 0, 1).shape
+    assert mean_diff(turned, upright.permute(2, 0, 1)) <= DECODER_MEAN + 1.0
+
+
 def test_gpu_mode_batches_arrive_on_the_device_with_the_cpu_modes_labels(photos):
     def batches(mode, device):
         cfg = DataConfig(resolution=64, workers=2, decode=mode, batch_size=4)

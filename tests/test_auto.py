@@ -89,7 +89,7 @@ def test_the_log_lines_say_what_and_why(machine):
     )
     machine(2, 1, None)
     assert auto.choose_data(DataConfig(workers=0), torch.device("cpu")).lines == (
-        "data.decode auto -> cpu: the model trains on the CPU",
+        "data.decode auto -> cpu: the model runs on the CPU",
     )
     machine(1, 1, None)
     assert auto.auto_workers()[1] == (
@@ -199,7 +199,7 @@ def test_a_run_logs_the_choices_and_keeps_auto_in_its_config(machine, tmp_path, 
     fit(tiny_config(tiny_data, run, data={"workers": "auto"}, model={"arch": "resnet18"},
                     train={"epochs": 1}))
     lines = ["data.workers auto -> 1 (1 CPU for 1 process, sharing it with the training loop)",
-             "data.decode auto -> cpu: the model trains on the CPU"]
+             "data.decode auto -> cpu: the model runs on the CPU"]
     info = json.loads((run / "run_info.json").read_text())
     assert info["data_auto"] == {"workers": 1, "decode": "cpu", "why": lines}
     log = next(run.glob("training_log_*.txt")).read_text()

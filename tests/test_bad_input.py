@@ -541,3 +541,23 @@ def test_what_a_new_user_tried_is_refused_in_one_line(capsys, tmp_path, tiny_dat
     ]
     for argv, needle in cases:
         one_error(capsys, argv, tmp_path, needle)
+
+
+def test_eval_says_what_a_file_is_when_it_is_no_checkpoint(capsys, tmp_path, ckpt):
+    """A device, a run's weights-only initial_model.pth and a plain state_dict each get a line
+    that says what the file is and what to do instead."""
+    import torch
+
+    from rn50.checkpoint import load_checkpoint, save_checkpoint
+
+    weights = load_checkpoint(ckpt)["model"]
+    initial, plain = tmp_path / "initial_model.pth", tmp_path / "plain.pth"
+    save_checkpoint({"model": weights}, initial)
+    torch.save(weights, plain)
+    cases = [
+        (["eval", "--checkpoint", "/dev/null"], "is not a regular file (a device, FIFO or socket)"),
+        (["eval", "--checkpoint", initial], "holds weights only, no config"),
+        (["eval", "--checkpoint", plain], "evaluate it with rn50 eval --weights"),
+    ]
+    for argv, needle in cases:
+        one_error(capsys, argv, tmp_path, needle)

@@ -90,11 +90,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     other pickled objects is refused in rn50's words, naming one of them.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CheckpointError(f"no checkpoint at '{p}'; pass a .pth file written by 'rn50 train'")
+    if not p.is_file():
+        what = "a folder" if p.is_dir() else "not a regular file (a device, FIFO or socket)"
+        raise CheckpointError(f"'{p}' is {what}, not a checkpoint; pass a .pth file written by "
+                              f"'rn50 train'")
     state = safe_torch_load(p, "rn50 checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
-        raise CheckpointError(f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights)")
+        plain = isinstance(state, dict) and state and all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        )
+        hint = " (a plain state_dict: evaluate it with rn50 eval --weights)" if plain else ""
+        raise CheckpointError(
+            f"'{p}' is not an rn50 checkpoint (no '{FORMAT}' tag and weights){hint}"
+        )
     return state
 
 

@@ -8,6 +8,8 @@ import sys
 from rn50.cli.common import config_args
 from rn50.errors import UserError, excerpt
 
+MAX_IMAGES = 100_000  # bench --images: files written for one data measurement
+
 MEASURE_FLAGS = ("full", "only", "batch_sizes", "precisions", "compile", "channels_last",
                  "modes", "workers", "images", "data_dir", "steps", "repeats", "threads",
                  "cores", "compile_modes")
@@ -85,6 +87,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in ("images", "steps", "repeats", "epochs", "gpus", "threads", "cores"):
         if changes[name] is not None and changes[name] < 1:
             raise UserError(f"--{name} must be at least 1, got {excerpt(changes[name])}")
+    # JPEGs written to a temporary folder (~50 KB each): 100,000 is 5 GB already.
+    if changes["images"] is not None and changes["images"] > MAX_IMAGES:
+        got = excerpt(changes["images"])
+        raise UserError(f"--images must be at most {MAX_IMAGES:,}, got {got}")
     if args.cores and args.cores > resources.available_cpus():
         raise UserError(f"--cores {args.cores}: this process may use only "
                         f"{resources.available_cpus()} cores")

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from rn50.cli.common import check_run_files, config_args
+from rn50.errors import UserError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -81,6 +82,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rn50.train.runtime import resolve_device
 
     state = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if state is not None and not state.get("config") and not args.config:
+        raise UserError(
+            f"'{args.checkpoint}' holds weights only, no config (a run's initial_model.pth); "
+            f"pass the run's --config, or evaluate a checkpoint_epoch_NNN.pth or model_best.pth"
+        )
     base = from_dict(state.get("config", {})) if state else None
     cfg = load_config(args.config, args.overrides, base=base)
     if args.flip is not None:

@@ -7,7 +7,7 @@ The rule, per process:
 
 - workers: its share of the CPUs (rn50.resources.available_cpus() // local processes), less
   one kept for the training loop itself; at least 1.
-- decode: cpu when the model trains on the CPU (no CUDA). On a GPU the `cpu` mode delivers
+- decode: cpu when the model runs on the CPU (no CUDA). On a GPU the `cpu` mode delivers
   about workers x CPU_DECODE_PER_WORKER images/s and the `gpu` mode about GPU_DECODE_IMG_S;
   gpu is chosen where the first is below the model step's rate on this GPU and the second
   above the first, else cpu. The comparison is made at data.resolution (the full resolution:
@@ -133,7 +133,7 @@ def auto_decode(workers: int, resolution: int, device: torch.device,
     """(mode, the line saying why) for `data.decode: auto` with `workers` workers."""
     name = gpu_name(device)
     if name is None:
-        return "cpu", f"data.decode auto -> cpu: the model trains on the {device.type.upper()}"
+        return "cpu", f"data.decode auto -> cpu: the model runs on the {device.type.upper()}"
     cpu = cpu_decode_rate(workers, resolution)
     step, card = step_rate(name, resolution, compiled)
     gpu = f"this GPU ({name}{'' if card in name.upper() else f', not measured: the {card} rate'})"

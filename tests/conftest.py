@@ -135,3 +135,33 @@ def _index_cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RN50_CACHE_DIR", str(tmp_path_factory.mktemp("rn50-cache")))
         yield
+
+
+class Killed(Exception):
+    """Raised from a patched step to stop a run in-process, as a kill would."""
+
+
+def kill_and_resume_like_a_straight_run(monkeypatch, demo48, tmp_path, sections) -> Path:
+    """Train `sections` on demo48 straight through; train it again, killed after optimizer
+    step 9 (epoch 2, step 3: last.pth holds step 2), then resumed; assert both runs' metrics,
+    LR series and final weights are the same. Returns the resumed run's dir."""
+    from rn50.checkpoint import load_checkpoint
+    from rn50.train.loop import Trainer, fit
+
+    fit(demo48_config(demo48, tmp_path / "straight", **sections))
+    run = tmp_path / "run"
+    original = Trainer.after_step
+
+    def dies_at_step_9(self, report, images):
+        original(self, report, images)
+        if self.scheduler.last_epoch == 9:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "after_step", dies_at_step_9)
+    with pytest.raises(Killed):
+        fit(demo48_config(demo48, run, **sections))
+    monkeypatch.setattr(Trainer, "after_step", original)
+    assert load_checkpoint(run / "last.pth")["step_in_epoch"] == 2
+    fit(demo48_config(demo48, run, **sections))
+    assert_same_run(run, tmp_path / "straight")
+    return run

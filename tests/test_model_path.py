@@ -14,7 +14,7 @@ from rn50.checkpoint import load_checkpoint
 from rn50.runlog import read_metrics
 from rn50.train.evaluate import evaluate_checkpoint
 from rn50.train.loop import Trainer, fit
-from tests.conftest import assert_same_run, assert_same_weights, demo48_config
+from tests.conftest import assert_same_weights, demo48_config, kill_and_resume_like_a_straight_run
 
 SMALL = {"arch": "resnet18"}
 
@@ -102,10 +102,6 @@ def test_ema_is_the_runs_model_and_the_raw_weights_are_kept(demo48, tmp_path):
     assert best["best_top1"] == max(r["val_top1"] for r in read_metrics(run / "metrics.jsonl"))
 
 
-class Killed(Exception):
-    pass
-
-
 def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch):
     """A run stopped in epoch 2 (the resolution just changed) resumes from last.pth to the
     same metrics and the same raw and averaged weights as a run never stopped."""
@@ -115,24 +111,8 @@ def test_ema_and_resizing_resume_mid_epoch_exactly(demo48, tmp_path, monkeypatch
         "model": SMALL,
         "train": {"ema": True, "ema_decay": 0.9, "save_every_steps": 2},
     }
-    fit(demo48_config(demo48, tmp_path / "straight", **sections))
-
-    run = tmp_path / "run"
-    original = Trainer.after_step
-
-    def dies_at_step_9(self, report, images):
-        original(self, report, images)
-        if self.scheduler.last_epoch == 9:  # epoch 2, step 3; last.pth holds step 2
-            raise Killed
-
-    monkeypatch.setattr(Trainer, "after_step", dies_at_step_9)
-    with pytest.raises(Killed):
-        fit(demo48_config(demo48, run, **sections))
-    monkeypatch.setattr(Trainer, "after_step", original)
-    assert load_checkpoint(run / "last.pth")["step_in_epoch"] == 2
-    fit(demo48_config(demo48, run, **sections))
-
-    assert_same_run(run, tmp_path / "straight")  # metrics, LR series, "model" (the EMA)
+    # metrics, LR series, "model" (the EMA)
+    run = kill_and_resume_like_a_straight_run(monkeypatch, demo48, tmp_path, sections)
     a = load_checkpoint(run / "checkpoint_epoch_002.pth")
     b = load_checkpoint(tmp_path / "straight" / "checkpoint_epoch_002.pth")
     assert_same_weights(a["train_model"], b["train_model"])

@@ -20,7 +20,7 @@ from rn50.data.photos import write_imagenet_like
 from rn50.data.pipeline import make_loader, transforms_for
 from rn50.errors import ConfigError
 from rn50.train.loop import Trainer
-from tests.conftest import demo48_config
+from tests.conftest import demo48_config, kill_and_resume_like_a_straight_run
 
 CPU = torch.device("cpu")
 POLICIES = ("ta_wide", "randaugment", "autoaugment")
@@ -359,37 +359,14 @@ def test_each_switch_trains(demo48, tmp_path, switch):
     assert hits == pytest.approx(round(hits))
 
 
-class Killed(Exception):
-    pass
-
-
 def test_a_run_with_every_switch_resumes_mid_epoch_exactly(demo48, tmp_path, monkeypatch):
     """Killed in epoch 2 and resumed from last.pth: the same metrics and weights as a run
     never stopped, so the sampler, the policies, the erasing and the mixing all resumed at
     the same draws."""
-    from rn50.checkpoint import load_checkpoint
-    from rn50.train.loop import fit
-    from tests.conftest import assert_same_run
-
     sections = {
         "data": {"auto_augment": "ta_wide", "random_erasing": 0.5, "mixup_alpha": 0.2,
                  "cutmix_alpha": 1.0, "ra_reps": 3},
         "model": {"arch": "resnet18"},
         "train": {"save_every_steps": 2, "progress": "off"},
     }
-    fit(demo48_config(demo48, tmp_path / "straight", **sections))
-    run = tmp_path / "run"
-    original = Trainer.after_step
-
-    def dies_at_step_9(self, report, images):
-        original(self, report, images)
-        if self.scheduler.last_epoch == 9:  # epoch 2, step 3; last.pth holds step 2
-            raise Killed
-
-    monkeypatch.setattr(Trainer, "after_step", dies_at_step_9)
-    with pytest.raises(Killed):
-        fit(demo48_config(demo48, run, **sections))
-    monkeypatch.setattr(Trainer, "after_step", original)
-    assert load_checkpoint(run / "last.pth")["step_in_epoch"] == 2
-    fit(demo48_config(demo48, run, **sections))
-    assert_same_run(run, tmp_path / "straight")
+    kill_and_resume_like_a_straight_run(monkeypatch, demo48, tmp_path, sections)

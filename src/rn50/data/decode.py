@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -208,6 +209,40 @@ def scaled_box(box: Box, fy: float, fx: float) -> Box:
     return t, lt, max(1, b - t), max(1, r - lt)
 
 
+class TrainDraw(NamedTuple):
+    """A training sample's geometry, drawn from the file's header: its stored size and
+    whether simplejpeg decodes it (`direct`), its EXIF orientation, its upright size, the
+    RandomResizedCrop box on the upright image and the flip."""
+
+    height: int
+    width: int
+    direct: bool
+    turn: int
+    upright: tuple[int, int]
+    box: Box
+    flip: bool
+
+
+def draw_train(data, scale: tuple[float, float], hflip: bool) -> TrainDraw:
+    """The crop box and flip of one training sample, drawn in the order every decode mode
+    draws them (box, then flip) on the upright image, as TrainTransform draws on load_rgb's."""
+    height, width, direct = probe(data)
+    turn = file_orientation(data)
+    upright = oriented_size(height, width, turn)
+    box = sample_crop(*upright, scale)
+    return TrainDraw(height, width, direct, turn, upright, box, hflip and sample_flip())
+
+
+def crop_drawn(data, d: TrainDraw, resolution: int) -> torch.Tensor:
+    """The pixels `d` drew from `data`: decoded at the smallest DCT scale that covers the box,
+    turned upright, cropped, resized to `resolution` and flipped; uint8 (3, R, R), left
+    channels-last in memory (the collate stacks that with a plain copy)."""
+    reduce = reduction(d.box[2], d.box[3], resolution, resolution)
+    pixels = orient_array(decode(data, d.height, d.width, d.direct, reduce), d.turn)
+    out = resized_crop(pixels, d.box, resolution, d.upright)
+    return out.flip(-1) if d.flip else out
+
+
 class FastTrainTransform:
     """File bytes -> RandomResizedCrop(resolution) + optional flip + the data.auto_augment
     policy, uint8 (3, R, R).
@@ -227,17 +262,7 @@ class FastTrainTransform:
         self.augment = AutoAugmentStep(auto_augment) if auto_augment != "none" else None
 
     def __call__(self, data) -> torch.Tensor:
-        height, width, direct = probe(data)
-        turn = file_orientation(data)
-        upright = oriented_size(height, width, turn)
-        # The box is drawn on the upright image, as TrainTransform draws it on load_rgb's.
-        box = sample_crop(*upright, self.scale)
-        flip = self.hflip and sample_flip()
-        reduce = reduction(box[2], box[3], self.resolution, self.resolution)
-        pixels = orient_array(decode(data, height, width, direct, reduce), turn)
-        out = resized_crop(pixels, box, self.resolution, upright)
-        # Left channels-last (HWC in memory): the collate stacks that with a plain copy.
-        out = out.flip(-1) if flip else out
+        out = crop_drawn(data, draw_train(data, self.scale, self.hflip), self.resolution)
         return out if self.augment is None else self.augment(out)
 
 

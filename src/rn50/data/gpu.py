@@ -34,12 +34,10 @@ from rn50.data.ahead import ahead
 from rn50.data.augment import auto_augment, policy
 from rn50.data.decode import (
     Box,
+    crop_drawn,
     decode,
+    draw_train,
     probe,
-    reduction,
-    resized_crop,
-    sample_crop,
-    sample_flip,
 )
 from rn50.data.image import (
     file_orientation,
@@ -113,21 +111,15 @@ class GpuTrainPrep:
         self.auto_augment = auto_augment
 
     def __call__(self, data: np.ndarray) -> Encoded:
-        height, width, direct = probe(data)
-        turn = file_orientation(data)
-        upright = oriented_size(height, width, turn)
-        box = sample_crop(*upright, self.scale)  # on the upright image, as the CPU paths
-        flip = self.hflip and sample_flip()
+        d = draw_train(data, self.scale, self.hflip)  # the CPU paths' draws, in their order
         augment = None if self.auto_augment == "none" else (self.auto_augment, draw_seed())
         size = (self.resolution, self.resolution)
-        if direct:
-            return Encoded(torch.from_numpy(data), None, box, size, None, flip, turn, augment)
+        if d.direct:
+            data = torch.from_numpy(data)
+            return Encoded(data, None, d.box, size, None, d.flip, d.turn, augment)
         # Not for the device decoder: the CPU path's remaining steps, here in the worker.
-        reduce = reduction(box[2], box[3], *size)
-        pixels = orient_array(decode(data, height, width, False, reduce), turn)
-        image = resized_crop(pixels, box, self.resolution, upright)
-        image = (image.flip(-1) if flip else image).contiguous()
-        return Encoded(None, image, box, size, None, flip, augment=augment)
+        image = crop_drawn(data, d, self.resolution).contiguous()
+        return Encoded(None, image, d.box, size, None, d.flip, augment=augment)
 
 
 class GpuEvalPrep:

@@ -40,6 +40,7 @@ from rn50.data.decode import (
     probe,
 )
 from rn50.data.image import (
+    FLIPS,
     file_orientation,
     open_pil,
     orient_array,
@@ -162,9 +163,11 @@ def place(
 def orient_tensor(pixels: torch.Tensor, turn: int) -> torch.Tensor:
     """Apply EXIF orientation `turn` (1..8) to uint8 (C, H, W) pixels on any device: the pixels
     of rn50.data.image.orient_array (a transpose for 5..8, then flips; exact)."""
+    if turn not in FLIPS:
+        return pixels
     if turn in (5, 6, 7, 8):
         pixels = pixels.transpose(-2, -1)
-    dims = {2: (-1,), 3: (-2, -1), 4: (-2,), 6: (-1,), 7: (-2, -1), 8: (-2,)}.get(turn)
+    dims = tuple(dim for dim, flip in zip((-2, -1), FLIPS[turn], strict=True) if flip)
     return pixels.flip(dims) if dims else pixels
 
 

@@ -178,12 +178,13 @@ def orient_array(pixels: np.ndarray, turn: int) -> np.ndarray:
     if turn in (5, 6, 7, 8):
         a = a.swapaxes(0, 1)  # TRANSPOSE: out[y, x] = in[x, y]
     # After the transpose, each orientation is at most a flip of rows and/or columns.
-    flip_rows, flip_cols = _FLIPS[turn]
+    flip_rows, flip_cols = FLIPS[turn]
     return np.ascontiguousarray(a[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1])
 
 
-# turn -> (flip rows, flip columns) after the transpose that 5..8 begin with.
-_FLIPS = {
+# turn -> (flip rows, flip columns) after the transpose that 5..8 begin with; the one table of
+# orientations, for numpy arrays here and for tensors on a device (rn50.data.gpu).
+FLIPS = {
     2: (False, True),
     3: (True, True),
     4: (True, False),

@@ -23,6 +23,7 @@ import csv
 import errno
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from pathlib import Path
 from rn50.errors import DataError
 
 log = logging.getLogger(__name__)
+
+# A character no log line, skip list or report line can hold (C0 controls and DEL).
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -236,7 +240,7 @@ def _index_flat_val(
     """Label the flat val/ folder from the CSV, matching ImageId to the file stem."""
     wnid_of = _read_val_solution(solution, walk)
     label_of = {c: i for i, c in enumerate(classes)}
-    files = sorted(walk.images_in(val_dir, recursive=False, flat=True))
+    files = sorted(walk.images_in(val_dir, flat=True))
     unlisted = [p for p in files if _stem(p) not in wnid_of]
     if unlisted:
         raise DataError(
@@ -428,7 +432,7 @@ class _Walk:
             return "a device, not a file"
         return "not a regular file"
 
-    def usable_name(self, e: os.DirEntry) -> bool:
+    def usable_name(self, e: os.DirEntry) -> bool:  # called for every file: kept cheap
         """False (and `e` set aside) for a name that is not UTF-8 text or holds a control
         character: logs, skip lists and reports could not name it, one a line."""
         try:
@@ -436,7 +440,7 @@ class _Walk:
         except UnicodeEncodeError:
             self.skip(e.path, "its name is not UTF-8 text; rename it")
             return False
-        if any(ord(c) < 32 or ord(c) == 127 for c in e.name):
+        if _CONTROL_CHARACTER.search(e.name):
             self.skip(e.path, "its name holds a control character (a newline, a tab); rename it")
             return False
         return True
@@ -465,11 +469,10 @@ class _Walk:
             self.skip(path, "an image where class folders are expected (it has no class)")
 
     def images_in(
-        self, folder: str | Path, recursive: bool = True, must_list: bool = False,
-        flat: bool = False,
+        self, folder: str | Path, must_list: bool = False, flat: bool = False
     ) -> Iterator[str]:
-        """Paths of non-hidden image files under `folder`; subfolders too when `recursive`;
-        `flat`: subfolders are set aside (the Kaggle val folder holds files only).
+        """Paths of non-hidden image files under `folder` and its subfolders; `flat`: the
+        subfolders are set aside instead (the Kaggle val folder holds files only).
 
         Symlinked subfolders are not entered (and are set aside), so a link loop cannot
         recurse forever.
@@ -483,8 +486,6 @@ class _Walk:
                 if flat:
                     self.skip(e.path, "a folder in the flat val/ folder (not indexed: the "
                                       f"Kaggle layout labels val images from {VAL_SOLUTION_FILE})")
-                elif not recursive:
-                    continue
                 elif e.is_symlink():
                     self.skip(e.path, "a symbolic link to a folder inside a class folder (not "
                                       "followed, so a link loop cannot recurse forever)")

@@ -17,7 +17,6 @@ from rn50.checkpoint import (
     copy_checkpoint,
     epoch_path,
     last_path,
-    load_resume_state,
     match_classes,
     save_checkpoint,
 )
@@ -27,7 +26,7 @@ from rn50.data.auto import choose_data
 from rn50.data.batch import to_device
 from rn50.data.schedule import resolution_at
 from rn50.ema import ModelEMA, recompute_bn_statistics
-from rn50.errors import CheckpointError, Diverged
+from rn50.errors import Diverged
 from rn50.fileio import lock_run_dir, remove_stale_temps
 from rn50.metrics import Meter
 from rn50.model import build_model, count_parameters, model_summary
@@ -122,6 +121,8 @@ class Trainer:
             initial_weights(model, cfg.train, log, self.index.classes)
         model.to(rt.device, memory_format=rt.memory_format)
         found = find_resume_state(self.run_dir, log.warn) if cfg.train.resume else None
+        # The checkpoint a rerun would resume from, kept up to date by every save (rank 0).
+        self.last_saved: Path | None = found[0] if found else None
         saved = found[1] if found else None
         if saved is not None:
             check_classes(saved, cfg.model.num_classes, found[0])
@@ -360,7 +361,7 @@ class Trainer:
         self.records.end_epoch(record, improved)
         if dist.is_main():
             state = {**checkpoint_state(self, epoch, 0), "metrics": record}
-            path = save_checkpoint(state, epoch_path(self.run_dir, epoch))
+            path = self.last_saved = save_checkpoint(state, epoch_path(self.run_dir, epoch))
             self.log.log(f"Saved checkpoint to: {path}")
             if improved:
                 best = copy_checkpoint(path, best_path(self.run_dir))
@@ -404,7 +405,9 @@ class Trainer:
         sums = dist.sum_over_ranks(meter.sums)
         if not dist.is_main():
             return None
-        return save_checkpoint(checkpoint_state(self, epoch, step, sums), last_path(self.run_dir))
+        state = checkpoint_state(self, epoch, step, sums)
+        self.last_saved = save_checkpoint(state, last_path(self.run_dir))
+        return self.last_saved
 
     def use_resolution(self, res: int) -> None:
         """Train at `res` px from now on: (re)build the training loader when the size changes
@@ -429,17 +432,13 @@ class Trainer:
         )
 
     def last_good(self) -> str:
-        """Which checkpoint a rerun resumes from, for the line of a stopped run (rank 0 looks;
-        an unreadable file is left as it is, or set aside as load_resume_state does)."""
+        """Which checkpoint a rerun resumes from, for the line of a stopped run: the one this
+        run resumed from or last wrote (rank 0 writes them)."""
         if not dist.is_main():
             return "rank 0 names the last good checkpoint"
-        try:
-            good = load_resume_state(self.run_dir, self.log.warn)
-        except CheckpointError:
-            good = None
-        if good is None:
+        if self.last_saved is None:
             return "there is no earlier checkpoint"
-        return f"the last good checkpoint is {good[0]}"
+        return f"the last good checkpoint is {self.last_saved}"
 
     def weight_problems(self) -> list[str]:
         """What is non-finite in the weights and BatchNorm statistics (the EMA's too): one

@@ -343,7 +343,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A plain state_dict from `path` (e.g. torchvision's resnet50 weights as a user saved
     them), without running any code in it: a .safetensors file, or a torch.save file loaded
     with weights_only=True, the dict itself or under "state_dict" or "model" (an rn50
-    checkpoint); wrapper prefixes stripped. Raises CheckpointError with one line."""
+    checkpoint), keys as saved (load_weights strips wrapper prefixes). Raises CheckpointError
+    with one line."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no weights file at '{p}'; pass a state_dict saved with "
@@ -367,4 +368,4 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not (isinstance(state, dict) and state
             and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise CheckpointError(f"'{p}' does not hold a state_dict (a dict of tensors)")
-    return strip_prefixes(state)
+    return state  # wrapper prefixes: load_weights strips them, as for every checkpoint

@@ -20,6 +20,7 @@ from rn50.progress import Reporter, make_reporter
 from rn50.resources import note
 from rn50.train.loaders import eval_loader, load_index, warn_about_index
 from rn50.train.runtime import Runtime, autocast, make_runtime
+from rn50.train.step import note_unreadable
 
 
 def flip_tta(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -59,10 +60,7 @@ def evaluate(
     model.eval()
     meter = Meter(rt.device)
     for images, targets, bad in report.wrap(loader, meter) if report else loader:
-        meter.skip(bad)
-        if warn is not None:
-            for path in bad:
-                warn(f"skipped unreadable image {path}")
+        note_unreadable(bad, meter, warn)
         if not len(targets):
             continue
         images, targets = to_device(images, targets, rt.device, rt.channels_last)

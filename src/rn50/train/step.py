@@ -262,6 +262,15 @@ def non_finite_tensors(module: nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 
+def note_unreadable(bad: list[str], meter, warn: Callable[[str], None] | None) -> None:
+    """Count the unreadable files `bad` (paths left out of a batch) in `meter`, and name each
+    with `warn` (when given) in the words training and validation share."""
+    meter.skip(bad)
+    if warn is not None:
+        for path in bad:
+            warn(f"skipped unreadable image {path}")
+
+
 class BadFileBudget:
     """Undecodable files an epoch may skip: each one is counted and named with `warn`; more
     than `limit` (at least MIN_BAD_BUDGET) raises DataError, since so many are an error in the
@@ -275,9 +284,7 @@ class BadFileBudget:
         """Count `bad` (paths) in `meter` and name each; raises DataError over the budget."""
         if not bad:
             return
-        meter.skip(bad)
-        for path in bad:
-            self.warn(f"skipped unreadable image {path}")
+        note_unreadable(bad, meter, self.warn)
         if meter.skipped > self.limit:
             raise DataError(
                 f"{meter.skipped} images could not be decoded this epoch, more than "

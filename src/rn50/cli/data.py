@@ -125,11 +125,11 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from rn50.resources import cap_workers
 
     check_output_dir(args.dst, "DST")
-    index = find_dataset(args.src)  # cached: prepare_dataset's own call reads it back
+    index = find_dataset(args.src)  # listed once: the count caps the workers, then the copy
     workers = cap_workers(args.workers, "--workers", work=len(index.train) + len(index.val),
                           least=1)
     s = prepare_dataset(args.src, args.dst, args.max_side, args.quality, workers,
-                        progress=True)
+                        progress=True, index=index)
     for line in s.warnings:  # entries set aside while indexing: not copied
         print(f"warning: {line}", file=sys.stderr)
     if s.removed_temps:

@@ -54,7 +54,7 @@ from rn50.data.image import (
     oriented_size,
     to_rgb,
 )
-from rn50.data.layout import find_dataset, index_warnings
+from rn50.data.layout import DatasetIndex, find_dataset, index_warnings
 from rn50.errors import DataError
 from rn50.fileio import atomic_write_text, remove_stale_temps, temp_path
 
@@ -87,13 +87,15 @@ def prepare_dataset(
     workers: int | None = None,
     progress: bool = False,
     stream: IO[str] | None = None,
+    index: DatasetIndex | None = None,
 ) -> PrepareSummary:
-    """Write the resized copy of the dataset at `src` to `dst` (see the module docstring)."""
+    """Write the resized copy of the dataset at `src` to `dst` (see the module docstring);
+    `index`: src's index when the caller has listed it already (else it is listed here)."""
     if max_side < 16:
         raise DataError(f"--max-side must be at least 16, got {max_side}")
     if not 1 <= quality <= 100:
         raise DataError(f"--quality must be in 1..100, got {quality}")
-    index = find_dataset(src)
+    index = index if index is not None else find_dataset(src)
     root = Path(index.root)
     out = Path(dst).expanduser().resolve()
     if out == root or root in out.parents:

@@ -18,9 +18,22 @@ EXIT_DIVERGED = 3  # the run broke: the loss, the weights or the validation loss
 
 class Parser(argparse.ArgumentParser):
     """argparse with rn50's error format: one line `rn50: error: ...`, at most ERROR_CHARS
-    long (argparse quotes the bad value whole), and exit code 2; no usage block."""
+    long (argparse quotes the bad value whole), and exit code 2; no usage block.
+
+    `epilog_fn` makes the epilog only when the help is shown: `rn50 train --help` lists
+    every config key, which every other command would otherwise pay for at start-up."""
 
     ERROR_CHARS = 300
+
+    def __init__(self, *args, epilog_fn: typing.Callable[[], str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        """The help text, with the epilog made now when `epilog_fn` makes it."""
+        if self.epilog_fn is not None and self.epilog is None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
 
     def error(self, message: str) -> typing.NoReturn:
         """Print `message` as one bounded line and exit with code 2."""

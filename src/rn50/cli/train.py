@@ -155,15 +155,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def add_commands(add) -> None:
     """Register these subcommands; `add(name, func, parent=...)` makes one."""
-    from rn50.config import describe
 
-    config_args(
-        add(
-            "train",
-            cmd_train,
-            epilog="config keys (section.key: default  # meaning):\n" + describe(),
-        )
-    )
+    def every_key() -> str:
+        from rn50.config import describe
+
+        return "config keys (section.key: default  # meaning):\n" + describe()
+
+    config_args(add("train", cmd_train, epilog_fn=every_key))
 
     config_args(add("lr-find", cmd_lr_find))
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rn50.config import Config, check_data_dir
+from rn50.config import Config
 from rn50.data.auto import resolve_data
 from rn50.data.batch import channel_statistics, to_device
-from rn50.data.layout import find_dataset, index_warnings
 from rn50.data.pipeline import make_loader
 from rn50.data.schedule import resolution_at
 from rn50.errors import DataError, UserError
 from rn50.resources import note
+from rn50.train.loaders import load_index, warn_about_index
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
@@ -41,13 +41,9 @@ def draw_samples(cfg: Config, count: int) -> tuple[torch.Tensor, list[int], tupl
     which are named in warnings on stderr, as are entries indexing set aside)."""
     if count < 1:
         raise UserError(f"--count must be at least 1, got {count}")
-    index = find_dataset(check_data_dir(cfg.data))
-    if cfg.data.skip_list:
-        from rn50.data.skiplist import apply_skip_list, read_skip_list
-
-        index = apply_skip_list(index, read_skip_list(cfg.data.skip_list))
-    for line in index_warnings(index):
-        warn(line)
+    # Training's own index (cached, less the skip list) and its warnings about what it set aside.
+    index = load_index(cfg.data, None)
+    warn_about_index(index, warn, val=False)
     if not index.train:
         raise DataError(f"no training images in {index.root}")
     # decode auto as training resolves it (rn50.data.auto, with the run's workers); then one

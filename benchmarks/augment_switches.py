@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from rn50.bench.timing import sync
 from rn50.data.augment import BatchAugment
 from rn50.data.batch import normalize
 from rn50.data.decode import FastTrainTransform, read_bytes
@@ -81,11 +82,6 @@ def time_sampler(reps: int, batch: int) -> float:
     for _ in sampler:
         pass
     return (clock() - t0) / (len(sampler) // batch)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rotate(names: list, i: int) -> list:

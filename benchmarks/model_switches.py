@@ -23,6 +23,7 @@ import time
 import torch
 from torch import nn
 
+from rn50.bench.timing import sync
 from rn50.config import Config
 from rn50.ema import ModelEMA
 from rn50.model import build_model
@@ -86,11 +87,6 @@ class Setting:
             self.step()
         sync(self.rt.device)
         return self.images * self.steps / (time.perf_counter() - t0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def config_for(change, resolution: int) -> Config:

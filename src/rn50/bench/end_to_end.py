@@ -6,7 +6,7 @@ import math
 import time
 
 from rn50 import resources
-from rn50.bench.model_step import AMP_DTYPES, compile_model, training_setup
+from rn50.bench.model_step import compile_model, training_setup
 from rn50.bench.plan import BenchPlan
 from rn50.bench.timing import sync
 from rn50.config import DataConfig
@@ -36,14 +36,12 @@ def bench_end_to_end(
     from rn50.data.loader import PREFETCH_FACTOR
     from rn50.data.pipeline import make_loader
     from rn50.optim import build_optimizer, build_scheduler
-    from rn50.train.runtime import Runtime
     from rn50.train.step import train_step
 
     device = plan.device
     batch_size = plan.batch_sizes[0]
-    model, scaler, criterion, _ = training_setup(plan, precision, channels_last)
+    rt, model, scaler, criterion = training_setup(plan, precision, channels_last)
     optim_cfg = OptimConfig(max_lr=0.1)
-    rt = Runtime(device, AMP_DTYPES[precision], channels_last)
     optimizer = build_optimizer(model, optim_cfg, loss_scaling=rt.use_scaler)
     step_model = compile_model(model, mode) if compiled else model
     # Untimed: the first step (start-up, the workers' start), then as many batches as the

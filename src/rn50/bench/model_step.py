@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from rn50.bench.plan import BenchPlan
-from rn50.bench.timing import median, sync
+from rn50.bench.timing import error_text, median, sync
 from rn50.config import ModelConfig
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -26,20 +26,29 @@ def _train_step(model, images, targets, optimizer, scaler, criterion, device, am
 
 
 def training_setup(plan: BenchPlan, precision: str, channels_last: bool):
-    """(model, scaler, criterion, memory_format) for timing training steps: the plan's arch
-    on its device in train mode, seeded (torch.manual_seed(0)), a GradScaler that scales the
-    loss for fp16 only, cross-entropy, and the memory format its inputs must have
-    (channels_last or contiguous). `precision` is a key of AMP_DTYPES."""
+    """(rt, model, scaler, criterion) for timing training steps: the Runtime of `precision`
+    (a key of AMP_DTYPES) and `channels_last` on the plan's device, the plan's arch there in
+    train mode and rt's memory format, seeded (torch.manual_seed(0)), a GradScaler that
+    scales the loss where rt needs it (fp16), and cross-entropy."""
     from rn50.model import build_model
+    from rn50.train.runtime import Runtime
 
+    rt = Runtime(plan.device, AMP_DTYPES[precision], channels_last)
     torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(
         ModelConfig(arch=plan.arch, num_classes=plan.num_classes, blurpool=plan.blurpool)
     )
-    model.to(plan.device, memory_format=memory_format).train()
-    scaler = torch.amp.GradScaler(plan.device.type, enabled=precision == "fp16")
-    return model, scaler, nn.CrossEntropyLoss(), memory_format
+    model.to(plan.device, memory_format=rt.memory_format).train()
+    scaler = torch.amp.GradScaler(plan.device.type, enabled=rt.use_scaler)
+    return rt, model, scaler, nn.CrossEntropyLoss()
+
+
+def synthetic_batch(plan: BenchPlan, batch_size: int, rt) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images batch_size x 3 x R x R in rt's memory format, targets batch_size) of random
+    values on the plan's device, R the plan's resolution."""
+    images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=plan.device)
+    targets = torch.randint(0, plan.num_classes, (batch_size,), device=plan.device)
+    return images.contiguous(memory_format=rt.memory_format), targets
 
 
 def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
@@ -49,8 +58,10 @@ def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
     entries and limits. `mode`: torch.compile's (None or "default": its default)."""
     import torch._dynamo
 
+    from rn50.train.compiled import COMPILE_OPTIONS
+
     torch._dynamo.reset()
-    options = {"dynamic": False}
+    options = dict(COMPILE_OPTIONS)
     if mode and mode != "default":
         options["mode"] = mode
     return torch.compile(model, **options)
@@ -90,11 +101,9 @@ def bench_model(
         "lr": scaled_lr(batch_size),
     }
     device, amp_dtype = plan.device, AMP_DTYPES[precision]
-    model, scaler, criterion, memory_format = training_setup(plan, precision, channels_last)
+    rt, model, scaler, criterion = training_setup(plan, precision, channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=record["lr"], momentum=0.9)
-    images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
-    images = images.contiguous(memory_format=memory_format)
-    targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
+    images, targets = synthetic_batch(plan, batch_size, rt)
     try:
         step_model = compile_model(model, mode) if compiled else model
         for _ in range(plan.warmup):
@@ -112,5 +121,5 @@ def bench_model(
             sync(device)
             runs.append(batch_size * plan.steps / (time.perf_counter() - t0))
     except Exception as e:  # no C++ compiler for torch.compile, a precision the device lacks
-        return {**record, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        return {**record, "error": error_text(e)}
     return {**record, "img_s": median(runs), "runs": runs}

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from rn50.bench.model_step import AMP_DTYPES, compile_model, training_setup
+from rn50.bench.model_step import compile_model, synthetic_batch, training_setup
 from rn50.bench.plan import BenchPlan
-from rn50.bench.timing import median, sync
+from rn50.bench.timing import error_text, median, sync
 
 VARIANTS = ("step", "deferred", "unchecked")
 
@@ -40,21 +40,17 @@ def bench_sync(plan: BenchPlan, batch_size: int, precision: str, compiled: bool)
     the setting, "img_s" {variant: median}, "runs" and `sync_ratios`' fields, or "error"."""
     from rn50.config import OptimConfig
     from rn50.optim import build_optimizer, build_scheduler
-    from rn50.train.runtime import Runtime
     from rn50.train.step import DeviceGuard, allow_skipped_steps, train_step
 
     record = {"batch_size": batch_size, "precision": precision, "compile": compiled,
               "resolution": plan.resolution}  # fmt: skip
     device = plan.device
-    model, scaler, criterion, memory_format = training_setup(plan, precision, True)
-    rt = Runtime(device, AMP_DTYPES[precision], True)
+    rt, model, scaler, criterion = training_setup(plan, precision, True)
     optimizer = build_optimizer(model, OptimConfig(max_lr=0.1), loss_scaling=rt.use_scaler)
     total = (plan.warmup + plan.repeats * plan.steps) * len(VARIANTS) + 1
     scheduler = build_scheduler(optimizer, OptimConfig(max_lr=0.1), total)
     allow_skipped_steps()
-    images = torch.randn(batch_size, 3, plan.resolution, plan.resolution, device=device)
-    images = images.contiguous(memory_format=memory_format)
-    targets = torch.randint(0, plan.num_classes, (batch_size,), device=device)
+    images, targets = synthetic_batch(plan, batch_size, rt)
     guards = {"step": None, "deferred": DeviceGuard(model, optimizer), "unchecked": _NoGuard()}
 
     step_model = model
@@ -80,7 +76,7 @@ def bench_sync(plan: BenchPlan, batch_size: int, precision: str, compiled: bool)
                 sync(device)
                 runs[variant].append(batch_size * plan.steps / (time.perf_counter() - t0))
     except Exception as e:  # no C++ compiler for torch.compile, a precision the device lacks
-        return {**record, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        return {**record, "error": error_text(e)}
     rates = {v: median(runs[v]) for v in VARIANTS}
     return {**record, "img_s": rates, "runs": runs, **sync_ratios(rates)}
 

@@ -6,14 +6,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-import torch
+from rn50.train.runtime import synchronize
+
+sync = synchronize
+"""Wait for the device before a clock read (rn50.train.runtime.synchronize)."""
 
 
-def sync(device: torch.device) -> None:
-    """Wait until `device` has run the work queued on it (CUDA runs it asynchronously, so a
-    clock read without this measures the queueing); nothing on a CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def error_text(e: BaseException) -> str:
+    """A failed measurement's "error": "Type: the first line of the message" (200 chars at
+    most), e.g. when torch.compile finds no C++ compiler or the device lacks a precision."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:200]}"
 
 
 def median(values: Sequence[float]) -> float:

@@ -47,7 +47,13 @@ from rn50.train.resume import (
     restore,
 )
 from rn50.train.run_files import repair_run_dir
-from rn50.train.runtime import make_runtime, parallelize, precision_name, train_resolutions
+from rn50.train.runtime import (
+    make_runtime,
+    parallelize,
+    precision_name,
+    synchronize,
+    train_resolutions,
+)
 from rn50.train.step import (
     DEFERRED_CHECK_EVERY,
     BadFileBudget,
@@ -313,8 +319,7 @@ class Trainer:
                 if streak.count == 0:
                     self.save_last(epoch, step, meter)
         self.read_checks(pending, streak, epoch)
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize(rt.device)
+        synchronize(rt.device)
         return meter.all_reduce().summary(), time.perf_counter() - t0
 
     def validate(self, epoch: int) -> tuple[dict, dict | None]:

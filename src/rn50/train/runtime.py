@@ -62,6 +62,13 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has run the work queued on it (CUDA runs it asynchronously, so a
+    clock read without this measures the queueing); nothing on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def make_runtime(cfg: Config) -> Runtime:
     """This process's Runtime: its device (its own GPU under torchrun), precision, layout."""
     device = dist.local_device(resolve_device(cfg.train.device))

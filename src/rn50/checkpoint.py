@@ -83,11 +83,15 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict:
     """Load an rn50 checkpoint safely, or raise CheckpointError with one line saying why.
 
     Only tensors and plain data are read (`torch.load(weights_only=True)`); a file holding
-    other pickled objects is refused in rn50's words, naming one of them.
+    other pickled objects is refused in rn50's words, naming one of them. `mmap`: map the
+    tensors' storage instead of reading it (a check of the file, or of a few fields, then
+    costs no read of the weights).
     """
     p = Path(path)
     if not p.exists():
@@ -96,7 +100,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         what = "a folder" if p.is_dir() else "not a regular file (a device, FIFO or socket)"
         raise CheckpointError(f"'{p}' is {what}, not a checkpoint; pass a .pth file written by "
                               f"'rn50 train'")
-    state = safe_torch_load(p, "rn50 checkpoint", map_location)
+    state = safe_torch_load(p, "rn50 checkpoint", map_location, mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         plain = isinstance(state, dict) and state and all(
             isinstance(v, torch.Tensor) for v in state.values()
@@ -108,7 +112,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def safe_torch_load(p: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(
+    p: Path, what: str, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Any:
     """torch.load(p, weights_only=True), or CheckpointError with one line: a file holding
     pickled objects is refused in rn50's words, naming one of them; `what` names the kind of
     file in other refusals ("rn50 checkpoint", "weights file")."""
@@ -116,7 +122,7 @@ def safe_torch_load(p: Path, what: str, map_location: str | torch.device = "cpu"
         with warnings.catch_warnings():
             # torch's chatter about pickle protocols of a file it is about to refuse anyway.
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location=map_location, weights_only=True)
+            return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # unpickling errors come in many types; all mean "not loadable"
         refused = isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower()
         found = pickled_object(p, str(e)) if refused else None

@@ -45,7 +45,7 @@ def repair_run_dir(log: RunLog, done: int, found: tuple[Path, dict] | None) -> N
     if not log.enabled:
         return
     repair_metrics(log, done, found[1] if found else None)
-    repair_best(log)
+    repair_best(log, found[0] if found else None)
     if found is not None:
         drop_stale_last(log, found[0])
 
@@ -79,11 +79,12 @@ def repair_metrics(log: RunLog, done: int, state: dict | None) -> None:
         log.log("metrics.jsonl: dropped a line cut short by a kill")
 
 
-def repair_best(log: RunLog) -> None:
+def repair_best(log: RunLog, resumed: Path | None = None) -> None:
     """model_best.pth is a readable copy of the epoch checkpoint metrics.jsonl names as best
     (highest val top-1, earliest of equals); copied again from it when it is missing, of
     another epoch or unreadable (an unreadable one is kept as model_best.pth.unreadable). A
-    best epoch whose checkpoint is gone or unreadable is reported and model_best.pth left."""
+    best epoch whose checkpoint is gone or unreadable is reported and model_best.pth left.
+    `resumed`: the checkpoint the run resumes from (read already: known to be readable)."""
     run_dir = log.run_dir
     path = log.metrics_path
     records = [r for r in read_metrics(path) if "val_top1" in r] if path.exists() else []
@@ -94,7 +95,7 @@ def repair_best(log: RunLog) -> None:
     why = "it is missing"
     if target.exists():
         try:
-            held = load_checkpoint(target).get("epoch")
+            held = load_checkpoint(target, mmap=True).get("epoch")
         except CheckpointError as e:
             kept = set_aside(target)
             log.warn(f"{one_line(e)}; kept it as '{kept}'")
@@ -109,7 +110,8 @@ def repair_best(log: RunLog) -> None:
                  f"is left as it is")
         return
     try:
-        load_checkpoint(source)
+        if source != resumed:
+            load_checkpoint(source, mmap=True)
     except CheckpointError as e:
         log.warn(f"model_best.pth should hold {named}, but {one_line(e)}; model_best.pth is "
                  f"left as it is")

@@ -284,7 +284,7 @@ def test_cores_limits_the_process_and_is_recorded(capsys):
 
 
 def test_sync_cost_and_gpu_stages_are_measured(capsys):
-    from rn50.bench.gpu_stages import MAIN_STAGES, WORKER_STAGES
+    from rn50.bench.gpu_stages import FORMER_STAGES, MAIN_STAGES, WORKER_STAGES
 
     args = [a for a in TINY] + ["--only", "sync,stages", "--precisions", "fp32"]
     assert main(args) == 0
@@ -295,10 +295,13 @@ def test_sync_cost_and_gpu_stages_are_measured(capsys):
     assert sync["sync_cost"] == pytest.approx(1 - v["step"] / v["unchecked"])
     assert sync["deferred_cost"] == pytest.approx(1 - v["deferred"] / v["unchecked"])
     stages = result["gpu_stages"]
-    assert list(stages["stages"]) == [*WORKER_STAGES, *MAIN_STAGES]
+    assert list(stages["stages"]) == [*WORKER_STAGES, *MAIN_STAGES, *FORMER_STAGES]
     assert stages["images"] == 8 and stages["batch_size"] == 8 and stages["sync_s"] == 0.0
     main_s = sum(stages["stages"][s]["total_s"] for s in MAIN_STAGES)
     assert stages["main_img_s"] == pytest.approx(8 / main_s)
+    former_s = main_s - stages["stages"]["place"]["total_s"]
+    former_s += sum(stages["stages"][s]["total_s"] for s in FORMER_STAGES)
+    assert stages["per_image_main_img_s"] == pytest.approx(8 / former_s)
     # and as text
     assert main([a for a in args if a != "--json"]) == 0
     out = capsys.readouterr().out
@@ -317,10 +320,13 @@ def test_stage_summary_known_answer():
     from rn50.bench.gpu_stages import stage_summary
 
     # 256 images: the worker stages take 0.1 s in all, the main ones 0.128 s (2,000 img/s),
-    # of which place 0.064 s with 0.060 s of host time.
+    # of which place 0.064 s with 0.060 s of host time. The former per-image place and its
+    # stack take 0.256 s: with them the main stages took 0.128 - 0.064 + 0.256 = 0.32 s
+    # (800 img/s), and place is 4 times faster.
     totals = {"read": (0.05, 0.05), "header": (0.02, 0.02), "crop_draw": (0.03, 0.03),
               "h2d_copy": (0.001, 0.004), "decode": (0.01, 0.05), "place": (0.060, 0.064),
-              "stack": (0.001, 0.004), "normalize": (0.001, 0.006)}  # fmt: skip
+              "normalize": (0.001, 0.010), "place_per_image": (0.24, 0.25),
+              "stack": (0.001, 0.006)}  # fmt: skip
     s = stage_summary(totals, 256, 1e-5)
     assert s["main_img_s"] == pytest.approx(2000.0)
     assert s["worker_img_s"] == pytest.approx(2560.0)
@@ -328,6 +334,10 @@ def test_stage_summary_known_answer():
     assert s["stages"]["place"]["us_per_image"] == pytest.approx(250.0)
     assert s["stages"]["place"]["host_share"] == pytest.approx(0.9375)
     assert s["stages"]["decode"]["img_s"] == pytest.approx(5120.0)
+    assert s["per_image_main_img_s"] == pytest.approx(800.0)
+    assert s["place_speedup"] == pytest.approx(4.0)
+    del totals["place_per_image"]  # not measured: no comparison claimed
+    assert "place_speedup" not in stage_summary(totals, 256, 1e-5)
 
 
 def test_compile_modes_and_batch_sizes_side_by_side(capsys, monkeypatch):

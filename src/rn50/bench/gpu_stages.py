@@ -6,8 +6,14 @@ Worker side (one worker's CPU time; W workers divide it by W): `read` (the file'
 RandomResizedCrop box and the flip, drawn as the worker draws them). Training-process side
 (serial: what the decode thread does for every batch): `h2d_copy` (the batch's file bytes
 copied to the device as the pinned copy a batched decoder needs), `decode` (gpu.decode_jpegs:
-one batched torchvision decode_jpeg call, nvJPEG on CUDA), `place` (gpu.place for each image:
-crop, float, antialiased resize, round, flip), `stack`, `normalize` (rn50.data.batch).
+one batched torchvision decode_jpeg call, nvJPEG on CUDA), `place` (rn50.data.resample's
+place_batch: every image's crop, antialiased resize and flip in two batched matrix products),
+`normalize` (rn50.data.batch).
+
+Beside them, on the same decoded images, the path `place` replaced: `place_per_image` (for
+each image a crop, a float conversion, `F.interpolate` with antialias, rounding and a flip:
+several kernels and some Python per image) and the `stack` it needed. "per_image_main_img_s"
+is the training process's ceiling with those in place of `place`: the former path's.
 
 Each stage has two clocks: `host_s`, what the calling thread spends issuing it (Python and
 kernel launches; on a CPU device the work itself), and `total_s`, until the device has done
@@ -23,12 +29,14 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.nn import functional as F
 
 from rn50.bench.plan import BenchPlan
 from rn50.bench.timing import sync
 
 WORKER_STAGES = ("read", "header", "crop_draw")
-MAIN_STAGES = ("h2d_copy", "decode", "place", "stack", "normalize")
+MAIN_STAGES = ("h2d_copy", "decode", "place", "normalize")
+FORMER_STAGES = ("place_per_image", "stack")  # what `place` replaced, timed beside it
 
 
 def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
@@ -37,6 +45,7 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
     "device". Files the device decoder does not take (CMYK, PNG) are left out."""
     from rn50.data import decode, gpu
     from rn50.data.batch import normalize
+    from rn50.data.resample import place_batch
 
     device = plan.device
     size = max(1, min(plan.data_batch_size, len(samples)))
@@ -62,15 +71,22 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
             tensors = [torch.from_numpy(d) for d in datas]
             clock.time("h2d_copy", lambda tensors=tensors: _copy_bytes(tensors, device))
             pixels = clock.time("decode", lambda tensors=tensors: gpu.decode_jpegs(tensors, device))
+            n = len(pixels)
             placed = clock.time(
                 "place",
+                lambda pixels=pixels, boxes=boxes, n=n: place_batch(
+                    pixels, [b for b, _ in boxes], [res] * n, [None] * n, [f for _, f in boxes]
+                ),
+            )
+            clock.time("normalize", lambda placed=placed: normalize(placed, True))
+            each = clock.time(
+                "place_per_image",
                 lambda pixels=pixels, boxes=boxes: [
-                    gpu.place(x, box, res, None, flip)
+                    _place_one(x, box, res, flip)
                     for x, (box, flip) in zip(pixels, boxes, strict=True)
                 ],
             )
-            stacked = clock.time("stack", lambda placed=placed: torch.stack(placed))
-            clock.time("normalize", lambda stacked=stacked: normalize(stacked, True))
+            clock.time("stack", lambda each=each: torch.stack(each))
         repeats.append(clock.totals)
     images = sum(len(files) for files in batches)
     timed = repeats[1:] or repeats
@@ -81,6 +97,16 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
         "batches": len(batches),
         **stage_summary(middle, images, sync_cost(device)),
     }
+
+
+def _place_one(pixels: torch.Tensor, box, size: tuple[int, int], flip: bool) -> torch.Tensor:
+    """The former `place` of one image, uint8 (3, H, W) -> uint8 (3, R, R), kept to measure
+    against: crop, float, torch's antialiased bilinear resize, round, flip."""
+    top, left, h, w = box
+    x = pixels[:, top : top + h, left : left + w].unsqueeze(0).float()
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = x.flip(-1) if flip else x
+    return x.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
 def _copy_bytes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -128,7 +154,9 @@ def stage_summary(totals: dict[str, tuple[float, float]], images: int, sync_s: f
     "total_s", "us_per_image" (total), "host_share" (host / total) and "img_s" (images /
     total). Then "main_img_s": the training process's ceiling, images / the sum of the
     MAIN_STAGES' totals (one thread does them one after another), "worker_img_s": one
-    worker's, images / the WORKER_STAGES' sum; "slowest_main_stage"; "sync_s"."""
+    worker's, images / the WORKER_STAGES' sum; "slowest_main_stage"; "sync_s". Where the
+    FORMER_STAGES were timed: "per_image_main_img_s", the ceiling with them instead of
+    `place`, and "place_speedup", their time over `place`'s."""
     stages = {}
     for name, (host, total) in totals.items():
         stages[name] = {
@@ -141,6 +169,13 @@ def stage_summary(totals: dict[str, tuple[float, float]], images: int, sync_s: f
     main = sum(totals[s][1] for s in MAIN_STAGES if s in totals)
     worker = sum(totals[s][1] for s in WORKER_STAGES if s in totals)
     present = [s for s in MAIN_STAGES if s in totals]
+    former = {}
+    if all(s in totals for s in (*FORMER_STAGES, "place")) and totals["place"][1] > 0:
+        replaced = sum(totals[s][1] for s in FORMER_STAGES)
+        former = {
+            "per_image_main_img_s": images / (main - totals["place"][1] + replaced),
+            "place_speedup": replaced / totals["place"][1],
+        }
     return {
         "images": images,
         "stages": stages,
@@ -148,4 +183,5 @@ def stage_summary(totals: dict[str, tuple[float, float]], images: int, sync_s: f
         "worker_img_s": images / worker if worker > 0 else float("nan"),
         "slowest_main_stage": max(present, key=lambda s: totals[s][1]) if present else None,
         "sync_s": sync_s,
+        **former,
     }

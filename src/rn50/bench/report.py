@@ -91,6 +91,12 @@ def format_report(result: dict) -> str:
             f"one worker (read, header, crop draw): {g['worker_img_s']:.1f} img/s; "
             f"a synchronize: {1e6 * g['sync_s']:.1f} us"
         )
+        if "place_speedup" in g:
+            lines.append(
+                f"  the former per-image place and stack instead of place: "
+                f"{g['per_image_main_img_s']:.1f} img/s (place is {g['place_speedup']:.1f}x "
+                f"faster)"
+            )
     if result.get("sync"):
         lines += ["", "The step's host wait (train.sync_check), images/s:",
                   f"  {'compile':<7}  {'step':>9}  {'deferred':>9}  {'unchecked':>9}  "

@@ -5,9 +5,11 @@ device decoders ignore EXIF) and draws the crop box and flip on the upright size
 the per-sample seed, with the very calls the CPU paths make, so the boxes equal theirs). The
 main process then decodes the whole batch on the device with one
 `torchvision.io.decode_jpeg(list, device=...)` call (nvJPEG on CUDA), turns each image upright
-(`orient_tensor`: a transpose and flips, exact), and crops, resizes (antialiased bilinear, like
-PIL's) and flips it there. The batch leaves as uint8 (N, 3, R, R) on the device;
-`rn50.data.batch.to_device` then only normalizes it (its copy to the device is a no-op).
+(`orient_tensor`: a transpose and flips, exact, as views), and crops, resizes (antialiased
+bilinear, like PIL's) and flips the whole batch at once there (`rn50.data.resample`: one copy
+per image into a padded buffer, then two batched matrix products). The batch leaves as uint8
+(N, 3, R, R) on the device; `rn50.data.batch.to_device` then only normalizes it (its copy to
+the device is a no-op).
 
 The same code runs with device cpu (torchvision's libjpeg decoder), which is how it is tested
 without a GPU.
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from rn50.data.ahead import ahead
 from rn50.data.augment import auto_augment, policy
@@ -48,6 +49,7 @@ from rn50.data.image import (
     to_rgb,
 )
 from rn50.data.loader import Batch
+from rn50.data.resample import place_batch
 from rn50.data.seeds import draw_seed
 from rn50.data.transforms import eval_resize_size
 
@@ -146,18 +148,9 @@ def place(
     pixels: torch.Tensor, box: Box, size: tuple[int, int], crop: Box | None, flip: bool
 ) -> torch.Tensor:
     """uint8 (3, H, W) on any device -> the sample's uint8 (3, R, R): crop `box`, resize to
-    `size` (antialiased bilinear, as PIL and the CPU path do), crop `crop`, flip."""
-    top, left, h, w = box
-    # float: CUDA's antialiased resize has no uint8 kernel; rounding back below costs at most
-    # half a level against the uint8 kernel of the CPU path.
-    x = pixels[:, top : top + h, left : left + w].unsqueeze(0).float()
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    if crop is not None:
-        ct, cl, ch, cw = crop
-        x = x[:, :, ct : ct + ch, cl : cl + cw]
-    if flip:
-        x = x.flip(-1)
-    return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+    `size` (antialiased bilinear, as PIL and the CPU path do), crop `crop`, flip. One image
+    of `rn50.data.resample.place_batch`, which a batch takes at once."""
+    return place_batch([pixels], [box], [size], [crop], [flip])[0]
 
 
 def orient_tensor(pixels: torch.Tensor, turn: int) -> torch.Tensor:
@@ -248,30 +241,49 @@ def _decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[t
 
 
 def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
-    """An EncodedBatch -> Batch(uint8 (N, 3, R, R) on `device`, targets, bad files)."""
-    jpeg_at = [i for i, s in enumerate(batch.samples) if s.data is not None]
-    decoded = dict(
-        zip(jpeg_at, decode_jpegs([batch.samples[i].data for i in jpeg_at], device), strict=True)
-    )
-    images, keep, bad = [], [], list(batch.bad)
-    for i, s in enumerate(batch.samples):
-        if s.image is not None:
-            image = s.image.to(device, non_blocking=True)
-        elif decoded[i] is None:
-            bad.append(batch.paths[i])
-            continue
-        else:
-            upright = orient_tensor(decoded[i], s.orientation)
-            image = place(upright, s.box, s.size, s.crop, s.flip)
-        images.append(image if s.augment is None else auto_augment(image, *s.augment))
-        keep.append(i)
-    if not images:
+    """An EncodedBatch -> Batch(uint8 (N, 3, R, R) on `device`, targets, bad files).
+
+    The JPEGs are decoded in one call (`decode_jpegs`), then cropped, resized and flipped
+    together (`place_batch`: two batched matrix products, not a few kernels per image)."""
+    samples = batch.samples
+    jpeg_at = [i for i, s in enumerate(samples) if s.data is not None]
+    decoded = decode_jpegs([samples[i].data for i in jpeg_at], device)
+    placed_at = [i for i, image in zip(jpeg_at, decoded, strict=True) if image is not None]
+    rejected = {i for i, image in zip(jpeg_at, decoded, strict=True) if image is None}
+    keep = [i for i in range(len(samples)) if i not in rejected]
+    bad = list(batch.bad) + [batch.paths[i] for i in sorted(rejected)]
+    if not keep:
         return Batch(
             torch.empty(0, 3, 0, 0, dtype=torch.uint8, device=device),
             torch.empty(0, dtype=torch.long),
             bad,
         )
-    return Batch(torch.stack(images), batch.targets[keep], bad)
+    placed = None
+    if placed_at:
+        upright = [
+            orient_tensor(image, samples[i].orientation)
+            for i, image in zip(jpeg_at, decoded, strict=True)
+            if image is not None
+        ]
+        chosen = [samples[i] for i in placed_at]
+        placed = place_batch(
+            upright,
+            [s.box for s in chosen],
+            [s.size for s in chosen],
+            [s.crop for s in chosen],
+            [s.flip for s in chosen],
+        )
+    if len(placed_at) == len(keep):
+        images = placed  # the usual batch: every file decoded on the device, already in order
+    else:  # files decoded by the workers (CMYK, PNG) go between the device's, in order
+        rows = {i: placed[n] for n, i in enumerate(placed_at)}
+        images = torch.stack(
+            [rows[i] if i in rows else samples[i].image.to(device, non_blocking=True) for i in keep]
+        )
+    for row, i in enumerate(keep):
+        if samples[i].augment is not None:
+            images[row] = auto_augment(images[row], *samples[i].augment)
+    return Batch(images, batch.targets[keep], bad)
 
 
 THREAD = "rn50-decode"  # the decode thread's name (in stack dumps, py-spy)

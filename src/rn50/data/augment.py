@@ -78,8 +78,13 @@ class AutoAugmentStep:
         policy(name)  # a wrong name fails here, before any worker starts
         self.name = name
 
+    def draw(self) -> tuple[str, int]:
+        """(policy name, seed) of the next sample: its draw from the sample's stream, for a
+        device to apply later (`auto_augment(image, *draw)`, the gpu decode mode)."""
+        return self.name, draw_seed()
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return auto_augment(image, self.name, draw_seed())
+        return auto_augment(image, *self.draw())
 
 
 def batch_seed(seed: int, epoch: int, micro_batch: int) -> int:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from rn50.data.ahead import ahead
-from rn50.data.augment import auto_augment, policy
+from rn50.data.augment import AutoAugmentStep, auto_augment
 from rn50.data.decode import (
     Box,
     crop_drawn,
@@ -50,7 +50,6 @@ from rn50.data.image import (
 )
 from rn50.data.loader import Batch
 from rn50.data.resample import place_batch
-from rn50.data.seeds import draw_seed
 from rn50.data.transforms import eval_resize_size
 
 
@@ -110,12 +109,11 @@ class GpuTrainPrep:
         auto_augment: str = "none",
     ):
         self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
-        policy(auto_augment)  # a wrong name fails here, before any worker starts
-        self.auto_augment = auto_augment
+        self.augment = AutoAugmentStep(auto_augment) if auto_augment != "none" else None
 
     def __call__(self, data: np.ndarray) -> Encoded:
         d = draw_train(data, self.scale, self.hflip)  # the CPU paths' draws, in their order
-        augment = None if self.auto_augment == "none" else (self.auto_augment, draw_seed())
+        augment = None if self.augment is None else self.augment.draw()
         size = (self.resolution, self.resolution)
         if d.direct:
             data = torch.from_numpy(data)

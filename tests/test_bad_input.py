@@ -99,7 +99,7 @@ HUGE_INT = "9" * 5000  # int() of it raises in Python >= 3.11 unless digits are 
 NOT_NUMBERS = ["[1]", "{a: 1}", "abc", "true", "''"]
 NON_FINITE = ["nan", "inf", "-inf", "1e308", "-1e308", HUGE_INT, f"-{HUGE_INT}"]
 WORD_KEYS = {"optim.anneal_strategy", "optim.optimizer", "lr_finder.rule", "train.precision",
-             "train.device", "train.progress", "data.decode"}
+             "train.device", "train.progress", "data.decode", "data.gpu_decoder"}
 
 
 def bad_values(tp) -> list[str]:

@@ -8,6 +8,8 @@ on a GPU. `RN50_TEST_DEVICE=cpu pytest tests/test_cuda.py` runs the same checks 
 themselves are checked on a machine without a GPU.
 """
 
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -36,6 +38,18 @@ pytestmark = pytest.mark.skipif(
     ON_GPU and not torch.cuda.is_available(), reason="needs a CUDA device"
 )
 
+# data.gpu_decoder's choices; nvImageCodec loads only with CUDA (and where it is installed).
+DECODERS = [
+    "torchvision",
+    pytest.param(
+        "nvimgcodec",
+        marks=pytest.mark.skipif(
+            not ON_GPU or importlib.util.find_spec("nvidia.nvimgcodec") is None,
+            reason="nvImageCodec: needs CUDA and nvidia-nvimgcodec-cu12/-cu13",
+        ),
+    ),
+]
+
 # nvJPEG and libjpeg-turbo implement the inverse DCT and the chroma upsampling differently:
 # a level or two apart on a pixel, far below the tens of levels between two crops.
 DECODER_MEAN = 2.0 if ON_GPU else 0.0
@@ -63,10 +77,15 @@ def jpegs(photos) -> list[str]:
     return [p for p, _ in photos.train if p.endswith(tuple(f"{i}.JPEG" for i in range(10)))]
 
 
-def test_device_decoder_agrees_with_libjpeg(photos):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_device_decoder_agrees_with_libjpeg(photos, decoder):
     paths = jpegs(photos)
     datas = [torch.from_numpy(decode.read_bytes(p)) for p in paths]
-    decoded = gpu.decode_jpegs(datas, DEVICE)  # one batched call
+    # and a progressive JPEG, which hardware JPEG engines do not take
+    progressive = io.BytesIO()
+    Image.open(paths[0]).save(progressive, format="JPEG", progressive=True, quality=90)
+    datas.append(torch.frombuffer(bytearray(progressive.getvalue()), dtype=torch.uint8))
+    decoded = gpu.decode_jpegs(datas, DEVICE, decoder)  # one batched call
     for data, pixels in zip(datas, decoded, strict=True):
         assert pixels.device.type == DEVICE.type and pixels.dtype == torch.uint8
         h, w, _ = decode.probe(data.numpy())
@@ -176,11 +195,12 @@ def test_device_decoding_turns_each_exif_orientation_upright(tmp_path, turn):
     assert mean_diff(turned, upright.permute(2, 0, 1)) <= DECODER_MEAN + 1.0
 
 
-def test_gpu_mode_batches_arrive_on_the_device_with_the_cpu_modes_labels(photos):
-    def batches(mode, device):
-        cfg = DataConfig(resolution=64, workers=2, decode=mode, batch_size=4)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_gpu_mode_batches_arrive_on_the_device_with_the_cpu_modes_labels(photos, decoder):
+    def batches(mode, device, start=0):
+        cfg = DataConfig(resolution=64, workers=2, decode=mode, batch_size=4, gpu_decoder=decoder)
         loader = make_loader(cfg, photos.train, train=True, batch_size=4, device=device, seed=3)
-        loader.sampler.set_epoch(1)
+        loader.sampler.set_epoch(1, start=start)
         return list(loader)
 
     ref, got = batches("cpu", CPU), batches("gpu", DEVICE)
@@ -192,6 +212,10 @@ def test_gpu_mode_batches_arrive_on_the_device_with_the_cpu_modes_labels(photos)
         assert b.images.shape == r.images.shape
         # the cpu mode may decode at a DCT scale of 1/2..1/8 for a 64 px crop
         assert mean_diff(b.images, r.images) < 6
+    # resumed after the first batch: the epoch's other batches, pixel for pixel
+    resumed = batches("gpu", DEVICE, start=4)
+    assert [b.targets.tolist() for b in resumed] == [b.targets.tolist() for b in got[1:]]
+    assert all(torch.equal(b.images, g.images) for b, g in zip(resumed, got[1:], strict=True))
 
 
 PRECISIONS = ("fp16", "bf16", "fp32") if ON_GPU else ("bf16",)

@@ -80,6 +80,12 @@ class DataConfig:
     decode_ahead: int = 2
     """decode gpu: batches decoded ahead in a background thread, so the device decodes the next
     batch while the model trains on this one; 0: decode between steps."""
+    gpu_decoder: str = "torchvision"
+    """decode gpu: the device's JPEG decoder. torchvision (decode_jpeg: nvJPEG's CUDA decoder)
+    or nvimgcodec (NVIDIA's nvImageCodec, pip install nvidia-nvimgcodec-cu12 or -cu13: the
+    GPU's hardware JPEG engines where it has them, for baseline JPEGs, and nvJPEG's CUDA
+    decoder for the rest). Both give the same crops, labels and resume
+    (rn50.data.device_decoders)."""
     index_cache: bool = True
     """reuse the file list of the last start when no dataset folder changed, instead of listing
     every file again (1.28M for ImageNet); false: list them at every start."""
@@ -337,6 +343,7 @@ NO_DECAY_RULES = ("1d", "bn_name", "norm")  # rn50.optim.param_groups
 RULES = ("steepest", "minimum", "edge", "divergence")
 PROGRESS = ("auto", "bar", "lines", "off")
 SYNC_CHECKS = ("step", "deferred")
+GPU_DECODERS = ("torchvision", "nvimgcodec")  # rn50.data.device_decoders
 
 
 @functools.cache  # parsing the module's source takes ~15 ms a section, at every start
@@ -773,6 +780,7 @@ def validate(cfg: Config) -> None:
         _check(d.workers == "auto", "data.workers",
                f"must be auto or a whole number of 0 or more, got {excerpt(d.workers)}")
     _one_of(d.auto_augment, "data.auto_augment", AUTO_AUGMENT)
+    _one_of(d.gpu_decoder, "data.gpu_decoder", GPU_DECODERS)
 
 
 def check_data_dir(cfg: DataConfig) -> Path:

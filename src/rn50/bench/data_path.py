@@ -82,6 +82,7 @@ def _rn50_loader(samples, plan: BenchPlan, mode: str, workers: int):
         workers=workers,
         decode=mode,
         decode_ahead=plan.decode_ahead,
+        gpu_decoder=plan.gpu_decoder,
         min_scale=plan.min_scale,
         batch_size=batch_size,
     )

@@ -55,6 +55,7 @@ def bench_end_to_end(
         workers=plan.e2e_workers,
         decode=plan.decode,
         decode_ahead=plan.decode_ahead,
+        gpu_decoder=plan.gpu_decoder,
         min_scale=plan.min_scale,
         batch_size=batch_size,
     )

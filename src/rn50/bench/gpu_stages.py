@@ -6,7 +6,8 @@ Worker side (one worker's CPU time; W workers divide it by W): `read` (the file'
 RandomResizedCrop box and the flip, drawn as the worker draws them). Training-process side
 (serial: what the decode thread does for every batch): `h2d_copy` (the batch's file bytes
 copied to the device as the pinned copy a batched decoder needs), `decode` (gpu.decode_jpegs:
-one batched torchvision decode_jpeg call, nvJPEG on CUDA), `place` (rn50.data.resample's
+one batched call of data.gpu_decoder's decoder: torchvision's decode_jpeg, nvJPEG on CUDA,
+by default), `place` (rn50.data.resample's
 place_batch: every image's crop, antialiased resize and flip in two batched matrix products),
 `normalize` (rn50.data.batch).
 
@@ -70,7 +71,10 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
             )
             tensors = [torch.from_numpy(d) for d in datas]
             clock.time("h2d_copy", lambda tensors=tensors: _copy_bytes(tensors, device))
-            pixels = clock.time("decode", lambda tensors=tensors: gpu.decode_jpegs(tensors, device))
+            pixels = clock.time(
+                "decode",
+                lambda tensors=tensors: gpu.decode_jpegs(tensors, device, plan.gpu_decoder),
+            )
             n = len(pixels)
             placed = clock.time(
                 "place",
@@ -93,6 +97,7 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
     middle = sorted(timed, key=lambda t: sum(v[1] for v in t.values()))[len(timed) // 2]
     return {
         "device": str(device),
+        "gpu_decoder": plan.gpu_decoder,
         "batch_size": size,
         "batches": len(batches),
         **stage_summary(middle, images, sync_cost(device)),

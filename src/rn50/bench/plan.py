@@ -50,6 +50,7 @@ class BenchPlan:
     e2e_workers: int = 1
     decode: str = "cpu"  # the end-to-end run's mode
     decode_ahead: int = DataConfig.decode_ahead  # decode gpu: batches decoded ahead in a thread
+    gpu_decoder: str = DataConfig.gpu_decoder  # decode gpu: the device's JPEG decoder
     min_scale: float = 0.08
     parts: Sequence[str] = ("model", "data", "e2e")
     epochs: int = 14
@@ -101,6 +102,7 @@ def default_plan(
         modes=DATA_MODES if cuda or full else tuple(m for m in DATA_MODES if m != "gpu"),
         decode=data.decode,
         decode_ahead=cfg.data.decode_ahead,
+        gpu_decoder=cfg.data.gpu_decoder,
         min_scale=cfg.data.min_scale,
         epochs=cfg.train.epochs,
         min_resolution=cfg.data.min_resolution,

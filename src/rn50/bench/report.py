@@ -77,6 +77,7 @@ def format_report(result: dict) -> str:
         lines += [
             "",
             f"decode gpu stage by stage ({g['images']} images in batches of {g['batch_size']}, "
+            f"decoder {g.get('gpu_decoder', 'torchvision')}, "
             f"{g['device']}); host: the calling thread's share of the time:",
             f"  {'stage':<10}  {'us/image':>9}  {'img/s':>10}  {'host':>5}",
         ]

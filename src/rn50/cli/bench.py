@@ -111,6 +111,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = reproject(read_result(args.from_file), plan, args.from_file)
         print(json.dumps(result, indent=1) if args.json else format_report(result))
         return 0
+    from rn50.data.device_decoders import check_gpu_decoder
+
+    check_gpu_decoder(plan.gpu_decoder)  # before anything is written or measured
     # Progress goes to stderr, so that stdout holds only the table or the JSON.
     result = run_bench(plan, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_report(result))

@@ -39,6 +39,10 @@ def check_run_files(cfg, writes_run_dir: bool = True) -> None:
     from rn50.resources import cap_workers, local_processes, note
 
     check_data_dir(cfg.data)
+    if cfg.data.decode in ("gpu", "auto"):
+        from rn50.data.device_decoders import check_gpu_decoder
+
+        check_gpu_decoder(cfg.data.gpu_decoder)
     if cfg.data.skip_list:
         check_input_file(
             cfg.data.skip_list, "data.skip_list", "write one with 'rn50 data check DATA_DIR "

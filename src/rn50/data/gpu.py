@@ -23,7 +23,6 @@ that fails too it is left out of its batch and named in `Batch.bad`, as on the C
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,14 +39,8 @@ from rn50.data.decode import (
     draw_train,
     probe,
 )
-from rn50.data.image import (
-    FLIPS,
-    file_orientation,
-    open_pil,
-    orient_array,
-    oriented_size,
-    to_rgb,
-)
+from rn50.data.device_decoders import decode_batch_on, decode_host
+from rn50.data.image import FLIPS, file_orientation, orient_array, oriented_size
 from rn50.data.loader import Batch
 from rn50.data.resample import place_batch
 from rn50.data.transforms import eval_resize_size
@@ -162,19 +155,12 @@ def orient_tensor(pixels: torch.Tensor, turn: int) -> torch.Tensor:
     return pixels.flip(dims) if dims else pixels
 
 
-def _host_decode(data: torch.Tensor) -> torch.Tensor | None:
-    """uint8 (3, H, W) via PIL on the host (as stored: the caller applies the orientation),
-    or None: the fallback for what the device rejects."""
-    try:
-        with open_pil(data.numpy().tobytes()) as img:
-            return torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1)
-    except Exception:  # truncated, corrupt: left out of the batch and named, like the CPU path
-        return None
-
-
-def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode JPEG bytes to uint8 (3, H, W) RGB on `device`, in one batched call when every
-    file decodes; otherwise one at a time, then with PIL; None where nothing can.
+def decode_jpegs(
+    datas: Sequence[torch.Tensor], device: torch.device, decoder: str = "torchvision"
+) -> list[torch.Tensor | None]:
+    """Decode JPEG bytes to uint8 (3, H, W) RGB on `device` with `decoder`
+    (rn50.data.device_decoders; torchvision's decode_jpeg by default), in one batched call;
+    a file it rejects is decoded with PIL on the host and copied over; None where nothing can.
 
     On CUDA the decoder is called with a side stream of rn50's as the current stream.
     torchvision's nvJPEG decoder allocates its outputs on the current stream and then writes
@@ -187,11 +173,11 @@ def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[to
     if not datas:
         return []
     if device.type != "cuda":
-        return _decode_jpegs(datas, device)
+        return _decode_jpegs(datas, device, decoder)
     training = torch.cuda.current_stream(device)
     side = _decode_stream(device)
     with torch.cuda.stream(side):
-        out = _decode_jpegs(datas, device)
+        out = _decode_jpegs(datas, device, decoder)
     training.wait_stream(side)
     for image in out:
         if image is not None:
@@ -217,35 +203,25 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
     return _DECODE_STREAMS[index]
 
 
-def _decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    import torchvision.io as tio
-
-    with warnings.catch_warnings():
-        # torchvision 0.29+ deprecates its image codecs in favour of TorchCodec's; they still
-        # work, and are what the torch versions rn50 supports (>= 2.4) all have.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return list(tio.decode_jpeg(list(datas), mode=tio.ImageReadMode.RGB, device=device))
-        except (RuntimeError, ValueError):
-            pass  # one bad file fails the whole batched call: find it
-        out: list[torch.Tensor | None] = []
-        for data in datas:
-            try:
-                out.append(tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device))
-            except (RuntimeError, ValueError):
-                host = _host_decode(data)
-                out.append(None if host is None else host.to(device))
+def _decode_jpegs(
+    datas: Sequence[torch.Tensor], device: torch.device, decoder: str
+) -> list[torch.Tensor | None]:
+    out = decode_batch_on(decoder, datas, device)
+    for i, image in enumerate(out):
+        if image is None:  # what the device decoder rejects: PIL on the host, or None
+            host = decode_host(datas[i])
+            out[i] = None if host is None else host.to(device)
     return out
 
 
-def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
+def decode_batch(batch: EncodedBatch, device: torch.device, decoder: str = "torchvision") -> Batch:
     """An EncodedBatch -> Batch(uint8 (N, 3, R, R) on `device`, targets, bad files).
 
     The JPEGs are decoded in one call (`decode_jpegs`), then cropped, resized and flipped
     together (`place_batch`: two batched matrix products, not a few kernels per image)."""
     samples = batch.samples
     jpeg_at = [i for i, s in enumerate(samples) if s.data is not None]
-    decoded = decode_jpegs([samples[i].data for i in jpeg_at], device)
+    decoded = decode_jpegs([samples[i].data for i in jpeg_at], device, decoder)
     placed_at = [i for i, image in zip(jpeg_at, decoded, strict=True) if image is not None]
     rejected = {i for i, image in zip(jpeg_at, decoded, strict=True) if image is None}
     keep = [i for i in range(len(samples)) if i not in rejected]
@@ -271,6 +247,11 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> Batch:
             [s.crop for s in chosen],
             [s.flip for s in chosen],
         )
+        if decoder == "nvimgcodec" and device.type == "cuda":
+            # nvImageCodec's buffers are its own allocator's, not torch's: record_stream cannot
+            # keep them until the copies above have read them, so wait for those here (on the
+            # decode thread's stream when decoding ahead, not the training stream).
+            torch.cuda.current_stream(device).synchronize()
     if len(placed_at) == len(keep):
         images = placed  # the usual batch: every file decoded on the device, already in order
     else:  # files decoded by the workers (CMYK, PNG) go between the device's, in order
@@ -300,8 +281,8 @@ class DeviceDecodeLoader:
     memory is not handed out again before the step that reads them has run.
     """
 
-    def __init__(self, loader, device: torch.device, ahead: int = 0):
-        self.loader, self.device, self.ahead = loader, device, ahead
+    def __init__(self, loader, device: torch.device, ahead: int = 0, decoder: str = "torchvision"):
+        self.loader, self.device, self.ahead, self.decoder = loader, device, ahead, decoder
 
     @property
     def sampler(self):
@@ -327,7 +308,9 @@ class DeviceDecodeLoader:
         batches = iter(self.loader)
         device = self.device
         if device.type != "cuda" or self.ahead <= 0:
-            yield from ahead(batches, lambda b: decode_batch(b, device), self.ahead, name=THREAD)
+            yield from ahead(
+                batches, lambda b: decode_batch(b, device, self.decoder), self.ahead, name=THREAD
+            )
             return
         device = _indexed(device)
         stream = torch.cuda.Stream(device=device)
@@ -339,7 +322,7 @@ class DeviceDecodeLoader:
             return stack
 
         def work(encoded: EncodedBatch) -> tuple[Batch, torch.cuda.Event]:
-            batch = decode_batch(encoded, device)
+            batch = decode_batch(encoded, device, self.decoder)
             done = torch.cuda.Event()
             done.record(stream)
             return batch, done

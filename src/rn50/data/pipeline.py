@@ -104,5 +104,5 @@ def make_loader(
         reps=cfg.ra_reps,
     )
     if cfg.decode == "gpu":
-        return DeviceDecodeLoader(loader, device, cfg.decode_ahead)
+        return DeviceDecodeLoader(loader, device, cfg.decode_ahead, cfg.gpu_decoder)
     return loader

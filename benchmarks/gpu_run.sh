@@ -10,7 +10,7 @@
 # seconds (default 420): a step that fails or runs out of time is noted in run.txt, the
 # others go on, and each file is written when its step ends. The steps run in this order,
 # the figures the others build on first. Every model figure is bf16, channels_last; compiled
-# means torch.compile for static shapes, as train.compile trains. Into $OUT (8 files):
+# means torch.compile for static shapes, as train.compile trains. Into $OUT (9 files):
 #
 #   run.txt          the card, driver, torch; each step's exit status and seconds, and the
 #                    end of its errors when it failed; the 32- and 40-epoch recipes'
@@ -27,6 +27,11 @@
 #   sync-stages.json the step's host wait (train.sync_check step / deferred / unchecked,
 #                    eager and compiled), and decode gpu stage by stage (read, header, crop
 #                    draw, copy, decode, place, stack, normalize: where its time goes)
+#   decoders.json    JPEG decoders side by side on the same in-memory baseline and progressive
+#                    500x375 files (benchmarks/gpu_decoders.py): torchvision a file a call and
+#                    batched, nvImageCodec's hardware, CUDA and default backends on whole files
+#                    and on crop boxes (ROI), DALI where it imports; images/s and the pixel
+#                    difference to PIL; rewritten after each decoder, so a kill keeps the rest
 #   batches.json     the compiled step at batch 256, 384 and 512 (LR scaled), eager beside
 #   modes.json       the compile modes at batch 256: reduce-overhead (CUDA graphs),
 #                    max-autotune-no-cudagraphs, max-autotune (the slowest to compile: last)
@@ -100,6 +105,7 @@ sets=()
 small=()
 model=(--precisions bf16 --channels-last on --steps 10 --repeats 3)
 bs=256
+decoders=()  # gpu_decoders.py's defaults: 512 files, batches of 256, 3 passes
 if [[ -n "${QUICK:-}" ]]; then
   export TORCH_COMPILE_DISABLE=1
   sets=(--set model.arch=resnet18 --set data.resolution=64 --set data.min_resolution=32
@@ -107,6 +113,7 @@ if [[ -n "${QUICK:-}" ]]; then
   small=("${sets[@]}" --steps 1 --repeats 1 --images 16)
   model=(--precisions bf16 --channels-last on)
   bs=4
+  decoders=(--images 8 --unique 4 --batch 4 --repeats 1)
 fi
 BENCH=("${RN50[@]}" bench --device "$DEVICE" --json "${model[@]}")
 
@@ -121,6 +128,11 @@ step gpu-4cores 60 "$OUT/gpu-4cores.json" "${BENCH[@]}" --config configs/imagene
   --set data.decode=gpu --batch-sizes "$bs" "${small[@]}"
 step sync-stages 60 "$OUT/sync-stages.json" "${BENCH[@]}" --config configs/imagenet-reference.yaml \
   --only sync,stages --compile --batch-sizes "$bs" "${small[@]}"
+# gpu_decoders.py stops itself within --budget-s (5 s short of what the step may take) and
+# writes decoders.json after every decoder; its table goes nowhere.
+left=$((BUDGET - (SECONDS - START) - 5))
+step decoders 50 /dev/null "$PY" benchmarks/gpu_decoders.py --device "$DEVICE" "${decoders[@]}" \
+  --budget-s "$((left < 45 ? left : 45))" --json-out "$OUT/decoders.json"
 step batches 110 "$OUT/batches.json" "${BENCH[@]}" --config configs/imagenet-reference.yaml \
   --only model --compile-modes default --batch-sizes "$bs,$((bs * 3 / 2)),$((bs * 2))" \
   "${small[@]}"

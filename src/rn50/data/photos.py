@@ -7,11 +7,14 @@ and matplotlib one (Grace Hopper). Each file is a random crop of one of them, re
 (never up, where the photo is large enough: detail kept) to about ImageNet's typical size,
 500x375 or 375x500, randomly mirrored, and saved as baseline JPEG at quality 90 with 4:2:0
 chroma subsampling, as most ImageNet files are. About 2 bits per pixel, 45 KB a file.
+`imagenet_like_images` gives the same pictures in memory, for a caller that encodes them
+itself (e.g. progressive as well as baseline).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +52,14 @@ def source_photos() -> list[np.ndarray]:
     return photos
 
 
-def write_imagenet_like(
-    folder: str | os.PathLike[str],
-    count: int,
-    classes: int = 4,
-    seed: int = 0,
-    size: tuple[int, int] = (500, 375),
-    quality: int = 90,
-) -> Path:
-    """Write `count` JPEGs as an ImageFolder tree `folder`/train/class_K/NNNNN.JPEG (classes
-    round-robin); returns `folder`. Landscape (`size`) three times in four, else portrait."""
+def imagenet_like_images(
+    count: int, seed: int = 0, size: tuple[int, int] = (500, 375)
+) -> Iterator[Image.Image]:
+    """`count` ImageNet-like RGB pictures, in memory: image i is a random crop of bundled photo
+    i mod the number of photos, resized to `size` (w, h) three times in four, else to its
+    portrait (h, w), and mirrored one time in two; the same pictures for the same `seed`."""
     rng = np.random.default_rng(seed)
     photos = source_photos()
-    root = Path(folder)
-    for k in range(classes):
-        (root / "train" / f"class_{k}").mkdir(parents=True, exist_ok=True)
     for i in range(count):
         photo = photos[i % len(photos)]
         out_w, out_h = size if rng.random() < 0.75 else size[::-1]
@@ -80,5 +76,22 @@ def write_imagenet_like(
         img = img.resize((out_w, out_h), Image.LANCZOS)
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        yield img
+
+
+def write_imagenet_like(
+    folder: str | os.PathLike[str],
+    count: int,
+    classes: int = 4,
+    seed: int = 0,
+    size: tuple[int, int] = (500, 375),
+    quality: int = 90,
+) -> Path:
+    """Write `count` JPEGs (imagenet_like_images) as an ImageFolder tree
+    `folder`/train/class_K/NNNNN.JPEG (classes round-robin); returns `folder`."""
+    root = Path(folder)
+    for k in range(classes):
+        (root / "train" / f"class_{k}").mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(imagenet_like_images(count, seed, size)):
         img.save(root / "train" / f"class_{i % classes}" / f"{i:05d}.JPEG", quality=quality)
     return root

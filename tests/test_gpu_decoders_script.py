@@ -1,0 +1,152 @@
+"""benchmarks/gpu_decoders.py on the CPU: every decoder is in its JSON, torchvision's decoder
+gives PIL's pixels (both libjpeg), the ones that cannot run say why in one line, the files are
+baseline and progressive encodings of the same pictures, and the budget stops it."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_decoders.py"
+NAMES = [
+    "torchvision-batched",
+    "nvimgcodec-hw",
+    "nvimgcodec-gpu",
+    "nvimgcodec-default",
+    "nvimgcodec-roi-hw",
+    "nvimgcodec-roi",
+    "dali-mixed",
+    "dali-slice",
+    "torchvision-single",
+    "nvimgcodec-cpu",
+]
+TINY = ["--device", "cpu", "--images", "6", "--unique", "3", "--batch", "4", "--repeats", "2"]
+
+
+def run_script(*args: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("gpu_decoders", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return run_script(*TINY, "--json")
+
+
+def importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_every_decoder_is_in_the_json_in_order(report, script):
+    assert list(report["decoders"]) == NAMES == list(script.NAMES)
+    assert report["finished"] is True
+    assert report["files"]["baseline"]["sof"] == ["SOF0"]
+    assert report["files"]["progressive"]["sof"] == ["SOF2"]
+    for variant in ("baseline", "progressive"):
+        assert report["files"][variant]["files"] == 6
+        assert report["files"][variant]["distinct"] == 3
+
+
+@pytest.mark.parametrize("name", ["torchvision-batched", "torchvision-single"])
+def test_torchvision_on_the_cpu_decodes_pils_pixels_exactly(report, name):
+    # torchvision's CPU decoder and PIL's are both libjpeg(-turbo) with the same IDCT and
+    # chroma upsampling: 0 levels apart on these baseline and progressive files (checked
+    # with torchvision 0.29.1 and Pillow 12.3 before this was asserted).
+    entry = report["decoders"][name]
+    for variant in ("baseline", "progressive"):
+        result = entry[variant]
+        assert result["img_s"] > 0
+        assert len(result["passes_s"]) == 2
+        assert result["pixels"] == {"mean_abs_diff": 0.0, "max_abs_diff": 0, "images": 3}
+
+
+def test_decoders_that_cannot_run_here_say_why_in_one_line(report):
+    nvimgcodec = importable("nvidia.nvimgcodec")
+    for name in NAMES[1:8]:
+        reason = report["decoders"][name]["unavailable"]
+        assert "\n" not in reason and "Traceback" not in reason
+        if name.startswith("dali"):
+            if importable("nvidia.dali"):
+                assert reason == "device 'mixed' needs a CUDA device (--device cpu)"
+            else:
+                assert reason.startswith(
+                    "not carried: wheel of 198.7 MB exceeds the device machine's 64 MiB"
+                )
+        elif nvimgcodec:
+            assert reason == "needs a CUDA device (--device cpu)"
+        else:
+            assert reason.startswith("not importable: ")
+    cpu = report["decoders"]["nvimgcodec-cpu"]
+    if nvimgcodec:  # its libjpeg-turbo backend runs here
+        assert cpu["baseline"]["img_s"] > 0 and cpu["progressive"]["img_s"] > 0
+    else:
+        assert cpu["unavailable"].startswith("not importable: ")
+
+
+def test_files_are_baseline_and_progressive_encodings_of_the_same_pictures(script):
+    files = script.make_files(3, seed=0)
+    assert [len(files[v]) for v in ("baseline", "progressive")] == [3, 3]
+    for base, prog in zip(files["baseline"], files["progressive"], strict=True):
+        assert script.sof_marker(base) == 0xC0 and script.sof_marker(prog) == 0xC2
+        with Image.open(io.BytesIO(base)) as a, Image.open(io.BytesIO(prog)) as b:
+            assert "progressive" not in a.info and b.info.get("progressive") == 1
+            assert a.size == b.size and a.size in {(500, 375), (375, 500)}
+            diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        assert diff.mean() < 1.0  # the same picture: only the encodings' rounding apart
+    other = script.make_files(1, seed=0)["baseline"][0]
+    assert other == files["baseline"][0]  # the same bytes for the same seed
+    with pytest.raises(ValueError, match="not a JPEG"):
+        script.sof_marker(b"\x89PNG\r\n\x1a\n")
+
+
+def test_crop_boxes_fit_their_files_and_leave_the_generator_alone(script):
+    files = script.make_files(2, seed=0)["baseline"] * 3
+    state = torch.random.get_rng_state()
+    boxes = script.draw_boxes(files, seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert boxes == script.draw_boxes(files, seed=4)
+    assert boxes != script.draw_boxes(files, seed=5)
+    for data, (top, left, h, w) in zip(files, boxes, strict=True):
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+        assert 0.07 <= h * w / (height * width) <= 1.0  # RandomResizedCrop's 0.08..1, rounded
+
+
+def test_a_spent_budget_skips_everything_and_the_json_file_matches(tmp_path):
+    out = tmp_path / "decoders.json"
+    report = run_script(*TINY, "--budget-s", "0", "--json", "--json-out", str(out))
+    assert json.loads(out.read_text()) == report
+    assert report["finished"] is True
+    for name in NAMES:
+        assert report["decoders"][name]["skipped"] == "the --budget-s of 0 s was spent"

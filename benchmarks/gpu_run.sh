@@ -10,7 +10,7 @@
 # seconds (default 420): a step that fails or runs out of time is noted in run.txt, the
 # others go on, and each file is written when its step ends. The steps run in this order,
 # the figures the others build on first. Every model figure is bf16, channels_last; compiled
-# means torch.compile for static shapes, as train.compile trains. Into $OUT (9 files):
+# means torch.compile for static shapes, as train.compile trains. Into $OUT (10 files on a GPU):
 #
 #   run.txt          the card, driver, torch; each step's exit status and seconds, and the
 #                    end of its errors when it failed; the 32- and 40-epoch recipes'
@@ -26,7 +26,10 @@
 #                    4 workers, and compiled end to end with decode gpu
 #   sync-stages.json the step's host wait (train.sync_check step / deferred / unchecked,
 #                    eager and compiled), and decode gpu stage by stage (read, header, crop
-#                    draw, copy, decode, place, stack, normalize: where its time goes)
+#                    draw, copy, decode, place, normalize: where its time goes; beside them
+#                    the former per-image place and its stack, on the same images)
+#   stages-nvimgcodec.json  decode gpu stage by stage with data.gpu_decoder: nvimgcodec
+#                    (CUDA only)
 #   decoders.json    JPEG decoders side by side on the same in-memory baseline and progressive
 #                    500x375 files (benchmarks/gpu_decoders.py): torchvision a file a call and
 #                    batched, nvImageCodec's hardware, CUDA and default backends on whole files
@@ -133,6 +136,11 @@ step sync-stages 60 "$OUT/sync-stages.json" "${BENCH[@]}" --config configs/image
 left=$((BUDGET - (SECONDS - START) - 5))
 step decoders 50 /dev/null "$PY" benchmarks/gpu_decoders.py --device "$DEVICE" "${decoders[@]}" \
   --budget-s "$((left < 45 ? left : 45))" --json-out "$OUT/decoders.json"
+if [[ $DEVICE == cuda* ]]; then
+  step stages-nvimgcodec 30 "$OUT/stages-nvimgcodec.json" "${BENCH[@]}" \
+    --config configs/imagenet-reference.yaml --only stages --batch-sizes "$bs" \
+    --set data.gpu_decoder=nvimgcodec "${small[@]}"
+fi
 step batches 110 "$OUT/batches.json" "${BENCH[@]}" --config configs/imagenet-reference.yaml \
   --only model --compile-modes default --batch-sizes "$bs,$((bs * 3 / 2)),$((bs * 2))" \
   "${small[@]}"

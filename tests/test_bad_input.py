@@ -496,7 +496,8 @@ def test_every_worker_count_is_capped(capsys, monkeypatch, tmp_path, tiny_data):
     import rn50.data.prepare
     import rn50.train.loop
 
-    monkeypatch.setattr(rn50.train.loop, "fit", lambda cfg: capture("train", cfg.data.workers))
+    monkeypatch.setattr(rn50.train.loop, "fit",
+                        lambda cfg, *preloaded: capture("train", cfg.data.workers))
     monkeypatch.setattr(rn50.data.check.scan, "check_dataset",
                         lambda index, workers, progress: capture("check", workers))
     monkeypatch.setattr(rn50.data.prepare, "prepare_dataset",

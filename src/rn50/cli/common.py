@@ -26,13 +26,16 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
-def check_run_files(cfg, writes_run_dir: bool = True) -> None:
+def check_run_files(cfg, writes_run_dir: bool = True):
     """The files a config names, checked before anything is read or written; data.workers
     capped to this machine's share of CPUs (rn50.resources.cap_workers).
 
     data.data_dir must be a folder; data.skip_list a text file; train.initial_model_path,
     when set, a loadable checkpoint or a file that can be written; train.checkpoint_dir (when
     the command writes there) a folder that can be written. Raises UserError with one line.
+    Returns the checkpoint at train.initial_model_path, when there is one, as read here
+    (rn50.train.resume.Preloaded: hand it to fit or lr_find, which then do not read it
+    again); else None.
     """
     from rn50.config import check_data_dir
     from rn50.paths import check_input_file, check_output_dir, check_output_file
@@ -44,14 +47,17 @@ def check_run_files(cfg, writes_run_dir: bool = True) -> None:
             cfg.data.skip_list, "data.skip_list", "write one with 'rn50 data check DATA_DIR "
             "--skip-list FILE' (it always holds a header)", text=True,
         )
+    preloaded = None
     if writes_run_dir:
         check_output_dir(cfg.train.checkpoint_dir, "train.checkpoint_dir")
         initial = cfg.train.initial_model_path
         if initial and os.path.lexists(initial):
             from rn50.checkpoint import load_checkpoint
+            from rn50.train.resume import Preloaded
 
             hint = "delete it (it is written again) or set train.initial_model_path to another path"
-            load_checkpoint(check_input_file(initial, "train.initial_model_path", hint))
+            state = load_checkpoint(check_input_file(initial, "train.initial_model_path", hint))
+            preloaded = Preloaded(initial, state)
         elif initial:
             check_output_file(initial, "train.initial_model_path")
     if cfg.data.workers != "auto":  # auto: rn50.data.auto chooses within the share
@@ -59,3 +65,4 @@ def check_run_files(cfg, writes_run_dir: bool = True) -> None:
         chosen = os.environ.get("RANK", "0") == "0"
         cfg.data.workers = cap_workers(cfg.data.workers, "data.workers",
                                        share=local_processes(), say=note if chosen else None)
+    return preloaded

@@ -23,11 +23,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
-    check_run_files(cfg)
+    initial = check_run_files(cfg)  # train.initial_model_path, read once
     if not cfg.train.resume:
         refuse_fresh_start_over(cfg.train.checkpoint_dir)
     with dist.process_group(resolve_device(cfg.train.device)):
-        fit(cfg)
+        fit(cfg, initial)
     return 0
 
 
@@ -50,8 +50,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from rn50.train.lr_finder import lr_find
 
     cfg = load_config(args.config, args.overrides)
-    check_run_files(cfg)
-    result = lr_find(cfg)
+    result = lr_find(cfg, check_run_files(cfg))
     print(f"Use it with: --set optim.max_lr={result.max_lr:.4g}")
     return 0
 

@@ -27,8 +27,8 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def check_run_files(cfg, writes_run_dir: bool = True):
-    """The files a config names, checked before anything is read or written; data.workers
-    capped to this machine's share of CPUs (rn50.resources.cap_workers).
+    """The files a config names, checked before anything is read or written (data.workers is
+    capped to the machine where the loaders' count is chosen: rn50.data.auto.choose_data).
 
     data.data_dir must be a folder; data.skip_list a text file; train.initial_model_path,
     when set, a loadable checkpoint or a file that can be written; train.checkpoint_dir (when
@@ -39,7 +39,6 @@ def check_run_files(cfg, writes_run_dir: bool = True):
     """
     from rn50.config import check_data_dir
     from rn50.paths import check_input_file, check_output_dir, check_output_file
-    from rn50.resources import cap_workers, local_processes, note
 
     check_data_dir(cfg.data)
     if cfg.data.skip_list:
@@ -60,9 +59,4 @@ def check_run_files(cfg, writes_run_dir: bool = True):
             preloaded = Preloaded(initial, state)
         elif initial:
             check_output_file(initial, "train.initial_model_path")
-    if cfg.data.workers != "auto":  # auto: rn50.data.auto chooses within the share
-        # A line when the count the user chose is lowered (rank 0 only).
-        chosen = os.environ.get("RANK", "0") == "0"
-        cfg.data.workers = cap_workers(cfg.data.workers, "data.workers",
-                                       share=local_processes(), say=note if chosen else None)
     return preloaded

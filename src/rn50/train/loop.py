@@ -110,6 +110,8 @@ class Trainer:
         warn_about_index(self.index, log.warn)
         # data.workers/decode auto: chosen once for this run's loaders, logged with why.
         self.data_choice = choose_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
+        if cfg.data.workers != "auto":  # capped to this machine: the run's config.yaml says so
+            cfg.data.workers = self.data_choice.data.workers
         accum, world = cfg.train.accum_steps, dist.world_size()
         # Images per optimizer step, over all ranks: what the LR and the schedule are set for.
         self.global_batch = cfg.data.batch_size * world * accum

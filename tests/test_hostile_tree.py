@@ -291,6 +291,25 @@ def test_eval_refuses_other_class_ids_of_the_same_count(trained, tmp_path, capsy
     )
 
 
+def test_eval_of_a_checkpoint_without_class_ids_checks_the_class_count(trained, tmp_path,
+                                                                        capsys):
+    """A checkpoint that stores no class ids (older files) cannot be compared by id: the
+    dataset's class count must be the model's, or one line says which count to set."""
+    data, best = trained
+    state = load_checkpoint(best)
+    del state["classes"], state["names"]
+    bare = save_checkpoint(state, tmp_path / "bare.pth")
+    code, out, _ = run(capsys, "eval", "--checkpoint", bare)
+    assert code == 0 and "Val Loss" in out
+    four = plain_tree(tmp_path / "four", (*WNIDS, "n09999999"))
+    code, _, err = run(capsys, "eval", "--checkpoint", bare, "--set", f"data.data_dir={four}")
+    assert code == 2
+    assert err.strip() == (
+        f"rn50: error: model.num_classes is 3 but {four} has 4 classes; "
+        f"set model.num_classes=4"
+    )
+
+
 def test_resume_and_initial_weights_refuse_other_class_ids(trained, tmp_path):
     from rn50.errors import CheckpointError
     from rn50.train.loop import fit

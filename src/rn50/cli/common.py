@@ -26,6 +26,17 @@ def config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def flip_args(p: argparse.ArgumentParser, default: str) -> None:
+    """--flip and --no-flip (dest `flip`: True, False, or None when neither is given; the
+    `default` text says what None means). Both on one command line are refused with one line
+    (a mutually exclusive group), rather than the last one winning unsaid."""
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--flip", dest="flip", action="store_const", const=True, default=None,
+                      help=f"flip test-time augmentation on (default: {default})")
+    flip.add_argument("--no-flip", dest="flip", action="store_const", const=False,
+                      help="flip test-time augmentation off")
+
+
 def check_run_files(cfg, writes_run_dir: bool = True):
     """The files a config names, checked before anything is read or written (data.workers is
     capped to the machine where the loaders' count is chosen: rn50.data.auto.choose_data).

@@ -4,7 +4,7 @@ configs and run directories."""
 import argparse
 import sys
 
-from rn50.cli.common import check_run_files, config_args
+from rn50.cli.common import check_run_files, config_args, flip_args
 from rn50.errors import UserError
 
 
@@ -169,8 +169,7 @@ def add_commands(add) -> None:
     model.add_argument("--checkpoint", metavar="FILE", help="a .pth written by train")
     model.add_argument("--weights", metavar="FILE",
                        help="a torchvision-format state_dict (.pth/.pt or .safetensors)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation on or off (default: eval.flip)")
+    flip_args(p, "eval.flip")
     config_args(p, required=False)
 
     config_args(add("config", cmd_config), required=False)

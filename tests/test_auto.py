@@ -98,7 +98,7 @@ def test_the_log_lines_say_what_and_why(machine):
 
 
 def test_values_that_are_not_auto_stay_and_say_nothing(machine):
-    machine(4, 1, "NVIDIA H200")
+    machine(16, 1, "NVIDIA H200")  # (12 workers fit: none is capped)
     said = []
     given = DataConfig(workers=12, decode="pil")
     choice = auto.choose_data(given, CUDA, say=said.append)
@@ -206,3 +206,25 @@ def test_a_run_logs_the_choices_and_keeps_auto_in_its_config(machine, tmp_path, 
     assert all(line in log for line in lines)
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert (data["workers"], data["decode"]) == ("auto", "auto")
+
+
+def test_a_library_run_caps_a_worker_count_to_the_machine(machine, tmp_path, tiny_data,
+                                                          capsys, monkeypatch):
+    """rn50.train.loop's Trainer (what fit runs), called without the CLI: data.workers 64 on a
+    2-CPU machine gives its loaders 2 workers, with the CLI's note, and config.yaml says 2."""
+    from rn50.train.loop import Trainer
+
+    machine(2, 1, None)
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(tiny_data, run, data={"workers": 64},
+                                  model={"arch": "resnet18"}, train={"epochs": 1}))
+    trainer.release()
+    assert trainer.train_data.num_workers == 2 and trainer.val_data.num_workers == 2
+    err = capsys.readouterr().err
+    assert "rn50: note: data.workers 64 lowered to 2: this process may use 2 CPUs" in err, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["workers"] == 2
+    # torchrun's other ranks: their share, without a note each
+    machine(2, 2, None)
+    monkeypatch.setenv("RANK", "1")
+    assert auto.choose_data(DataConfig(workers=64), torch.device("cpu")).data.workers == 1
+    assert capsys.readouterr().err == ""

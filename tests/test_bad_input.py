@@ -496,7 +496,9 @@ def test_every_worker_count_is_capped(capsys, monkeypatch, tmp_path, tiny_data):
     import rn50.data.prepare
     import rn50.train.loop
 
-    monkeypatch.setattr(rn50.train.loop, "fit", lambda cfg: capture("train", cfg.data.workers))
+    # train: the count its loaders get (rn50.data.auto.choose_data caps it)
+    monkeypatch.setattr(rn50.train.loop, "train_loader",
+                        lambda data, *args: capture("train", data.workers))
     monkeypatch.setattr(rn50.data.check.scan, "check_dataset",
                         lambda index, workers, progress: capture("check", workers))
     monkeypatch.setattr(rn50.data.prepare, "prepare_dataset",

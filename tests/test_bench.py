@@ -363,3 +363,45 @@ def test_compile_modes_and_batch_sizes_side_by_side(capsys, monkeypatch):
     assert t["img_s"] == best and t["fraction"] == pytest.approx(best / 8000.0)
     assert main(["bench", "--compile-modes", "fastest"]) == 2
     assert "--compile-modes: 'fastest' is not one of" in capsys.readouterr().err
+
+
+def test_sigterm_removes_the_temporary_jpegs(tmp_path):
+    """A real `rn50 bench` process, sent SIGTERM while it writes its JPEGs: it removes its
+    temporary folder, says so in one line and exits 143 (Python's default would end it at
+    once and leave the folder behind)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rn50", "bench", "--only", "data", "--device", "cpu",
+         "--images", "20000", "--modes", "cpu", "--workers", "1", "--repeats", "1",
+         "--steps", "1", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        folder = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = list(tmp_path.glob("rn50-bench-*"))
+            if found and any(p.is_file() for p in found[0].rglob("*.JPEG")):
+                folder = found[0]
+                break
+            time.sleep(0.05)
+        assert folder is not None, proc.communicate(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "rn50: bench stopped by SIGTERM"), err
+    assert not folder.exists() and out == ""

@@ -73,3 +73,43 @@ def test_help_lists_config_keys(capsys):
 def test_config_command_prints_resolved_yaml(capsys):
     rc, out, _ = run_main(capsys, "config", "--set", "optim.max_lr=0.25")
     assert rc == 0 and "max_lr: 0.25" in out
+
+
+def commands_with(option: str) -> list[str]:
+    """The rn50 commands (data's subcommands as "data check", ...) whose parser has `option`."""
+    import argparse
+
+    from rn50.cli import build_parser
+
+    found = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+            elif option in action.option_strings:
+                found.append(" ".join(prefix))
+
+    walk(build_parser(), [])
+    return found
+
+
+def test_flip_and_no_flip_together_are_refused(capsys, tmp_path):
+    from rn50.cli import build_parser
+
+    rest = {"eval": ["--checkpoint", str(tmp_path / "x.pth")],
+            "predict": ["--checkpoint", str(tmp_path / "x.pth"), "a.png"]}
+    commands = commands_with("--no-flip")
+    assert sorted(commands) == sorted(rest)  # every command with the flags is checked here
+    for command in commands:
+        for given, flip in (["--flip"], True), (["--no-flip"], False), ([], None):
+            assert build_parser().parse_args([command, *rest[command], *given]).flip is flip
+        for both in (["--flip", "--no-flip"], ["--no-flip", "--flip"]):
+            with pytest.raises(SystemExit) as stop:
+                main([command, *both, *rest[command]])
+            assert stop.value.code == 2
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("rn50: error: argument --"), lines
+            assert "--flip" in lines[0] and "--no-flip" in lines[0], lines[0]
+            assert "not allowed with" in lines[0], lines[0]

@@ -103,3 +103,18 @@ def test_a_short_training_batch_runs_eagerly(eager_backend):
     assert out.shape == (3, 72) and compiled.graphs_compiled() == 1
     net(torch.randn(3, 3, 8, 8))  # outside it, a new size is a new static graph
     assert compiled.graphs_compiled() == 2
+
+
+def test_the_watch_waits_with_the_one_synchronize(monkeypatch):
+    from rn50.train import device_sync, runtime
+
+    assert runtime.synchronize is device_sync.synchronize is compiled.synchronize
+    waits = []
+    monkeypatch.setattr(compiled, "synchronize", waits.append)
+    watch = compiled.CompileWatch(True, 1, lambda line: None, torch.device("cpu"))
+    with watch.first("32 px (training)"):
+        assert waits == [torch.device("cpu")]
+    assert waits == [torch.device("cpu")] * 2
+    with watch.first("32 px (training)"):  # timed once a shape
+        pass
+    assert len(waits) == 2

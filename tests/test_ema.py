@@ -47,3 +47,41 @@ def test_state_round_trip():
     other.load_state_dict(ema.state_dict())
     assert other.steps == 1
     assert torch.equal(other.module.weight, ema.module.weight)
+
+
+def test_the_fallback_form_gives_the_same_average_and_is_chosen_once(monkeypatch):
+    """torch < 2.6 refuses a tensor weight in the foreach form: the first update finds that
+    out, every later one lerps tensor by tensor without trying again, and both forms give
+    the same average."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    fused, fallback = ModelEMA(model, 0.9), ModelEMA(model, 0.9)
+    real, tries = torch._foreach_lerp_, []
+
+    def old_torch(floats, targets, weight):
+        tries.append(type(weight))
+        if isinstance(weight, torch.Tensor):
+            raise TypeError("_foreach_lerp_() received an invalid combination of arguments")
+        return real(floats, targets, weight)
+
+    keeps = [True, False, True, True, False, True]
+    for keep in keeps:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(5, 3))
+        flag = torch.tensor(keep)
+        fused.update(model, keep=flag)
+        monkeypatch.setattr(torch, "_foreach_lerp_", old_torch)
+        fallback.update(model, keep=flag)
+        monkeypatch.setattr(torch, "_foreach_lerp_", real)
+    assert tries == [torch.Tensor]  # tried once, not once a step
+    assert fused._foreach_works == {True: True} and fallback._foreach_works == {True: False}
+    for (name, a), b in zip(fused.module.state_dict().items(),
+                            fallback.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # A float weight (train.sync_check: step) takes the foreach form in every torch.
+    monkeypatch.setattr(torch, "_foreach_lerp_", old_torch)
+    fallback.update(model)
+    fallback.update(model)
+    assert tries == [torch.Tensor, float, float]

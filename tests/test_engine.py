@@ -124,6 +124,30 @@ def test_initial_weights_are_saved_once_and_reused(tmp_path):
     assert_same_weights(first.state_dict(), second.state_dict())
 
 
+def test_an_explicit_initial_model_is_read_once(tiny_data, tmp_path, monkeypatch):
+    """rn50 train checks train.initial_model_path before any work and trains from what that
+    check read: the file is read once."""
+    import rn50.checkpoint as checkpoint
+
+    cfg = tiny_config(tiny_data, tmp_path / "run", model={"arch": "resnet18"},
+                      train={"epochs": 1})
+    start = tmp_path / "start.pth"
+    checkpoint.save_checkpoint({"model": build_model(cfg.model).state_dict()}, start)
+    reads, real = [], checkpoint.safe_torch_load
+
+    def counted(p, *args, **kwargs):
+        reads.append(str(p))
+        return real(p, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "safe_torch_load", counted)
+    (tmp_path / "run.yaml").write_text(cfg.to_yaml())
+    assert main(["train", "-c", str(tmp_path / "run.yaml"),
+                 "--set", f"train.initial_model_path={start}"]) == 0
+    assert reads.count(str(start)) == 1
+    log = next((tmp_path / "run").glob("training_log_*.txt")).read_text()
+    assert f"Loaded initial weights from {start}" in log
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_each_precision_trains(tiny_data, tmp_path, precision):
     cfg = tiny_config(

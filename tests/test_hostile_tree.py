@@ -228,6 +228,31 @@ def test_a_train_class_folder_that_cannot_be_listed_stops_with_one_line(
     )
 
 
+def test_a_data_dir_that_is_a_link_loop_is_named_so(tmp_path, capsys):
+    """data.data_dir (or data check's PATH) a link loop, a link to itself, or a path through
+    one: one line saying it is a symbolic link loop (not "no such directory"), exit 2, no
+    run dir, in every command that reads a dataset."""
+    os.symlink("b", tmp_path / "a")
+    os.symlink("a", tmp_path / "b")
+    os.symlink("self", tmp_path / "self")
+    run_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_config(tmp_path, run_dir, model={"arch": "resnet18"}).to_yaml())
+    for loop in (tmp_path / "a", tmp_path / "self", tmp_path / "a" / "imagenet"):
+        data = f"data.data_dir={loop}"
+        for argv in (["data", "check", loop], ["data", "prepare", loop, tmp_path / "copy"],
+                     ["train", "-c", config, "--set", data],
+                     ["lr-find", "-c", config, "--set", data],
+                     ["data", "show", "-c", config, "--set", data, "--out", tmp_path / "s.png"]):
+            code, out, err = run(capsys, *argv)
+            assert code == 2 and out == "", argv
+            assert err == (
+                f"rn50: error: data.data_dir '{loop}' is a symbolic link loop (it, or a link "
+                f"on its way, leads back to itself, never to a folder); point data.data_dir "
+                f"at your dataset folder\n"), argv
+    assert not run_dir.exists() and not (tmp_path / "copy").exists()
+
+
 # -- labels never shift where weights meet data ------------------------------------------------
 
 
@@ -288,6 +313,25 @@ def test_eval_refuses_other_class_ids_of_the_same_count(trained, tmp_path, capsy
         f"dataset's class 'n09999999' is not among the checkpoint's (class 2 is 'n03000000' "
         f"in the checkpoint but 'n09999999' in the dataset); evaluate it on the dataset it "
         f"was trained on"
+    )
+
+
+def test_eval_of_a_checkpoint_without_class_ids_checks_the_class_count(trained, tmp_path,
+                                                                        capsys):
+    """A checkpoint that stores no class ids (older files) cannot be compared by id: the
+    dataset's class count must be the model's, or one line says which count to set."""
+    data, best = trained
+    state = load_checkpoint(best)
+    del state["classes"], state["names"]
+    bare = save_checkpoint(state, tmp_path / "bare.pth")
+    code, out, _ = run(capsys, "eval", "--checkpoint", bare)
+    assert code == 0 and "Val Loss" in out
+    four = plain_tree(tmp_path / "four", (*WNIDS, "n09999999"))
+    code, _, err = run(capsys, "eval", "--checkpoint", bare, "--set", f"data.data_dir={four}")
+    assert code == 2
+    assert err.strip() == (
+        f"rn50: error: model.num_classes is 3 but {four} has 4 classes; "
+        f"set model.num_classes=4"
     )
 
 

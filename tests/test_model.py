@@ -181,3 +181,16 @@ def test_blurpool_trains_and_evaluates(demo48, tmp_path, capsys):
     out = capsys.readouterr().out
     logged = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert f"Val Loss: {logged['val_loss']:.4f} Top-1: {logged['val_top1']:.2f}%" in out
+
+
+def test_the_summary_gives_its_units_as_letters():
+    """torchinfo's table ends with the totals: ResNet-18 at 224 px has 11,689,512 parameters
+    and 1.81 G mult-adds (torchvision's figure: 1.81 GFLOPS), its unit a letter, never the
+    enum's name ("Units.GIGABYTES") torchinfo 1.8 writes on Python 3.11."""
+    from rn50.model import model_summary, plain_units
+
+    table = model_summary(ModelConfig(arch="resnet18", num_classes=1000), 1, 224)
+    assert "Total params: 11,689,512" in table
+    assert "Total mult-adds (G): 1.81" in table and "Units." not in table
+    assert plain_units("Total mult-adds (Units.MEGABYTES): 296.18\n(Units.TERABYTES)") == (
+        "Total mult-adds (M): 296.18\n(T)")

@@ -103,8 +103,9 @@ def test_validation_and_eval_use_the_flip_of_the_checkpoint(capsys, flip_run, ti
     loss, top1, out = run_eval(capsys, "--checkpoint", ckpt, "--no-flip")
     assert_printed((loss, top1), expected["plain"])
     assert "flip TTA off" in out
-    loss, _, _ = run_eval(capsys, "--checkpoint", ckpt, "--no-flip", "--flip")  # the last wins
-    assert loss == pytest.approx(expected["flip"][0], abs=1e-4)
+    with pytest.raises(SystemExit) as stop:  # both: refused, not the last one winning
+        main(["eval", "--checkpoint", str(ckpt), "--no-flip", "--flip"])
+    assert stop.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from rn50.errors import ConfigError, UserError, excerpt
-from rn50.paths import read_text_file
+from rn50.paths import link_loop, read_text_file
 
 
 @dataclass
@@ -790,6 +790,9 @@ def check_data_dir(cfg: DataConfig) -> Path:
         found = p.is_dir()
     except OSError:  # a name longer than the filesystem allows
         found = False
+    loop = None if found else link_loop(p, "data.data_dir")
+    if loop:
+        raise ConfigError(loop)
     if not found:
         shown = excerpt(str(p), 240)
         demo = str(p) if len(shown) == len(str(p)) + 2 else "DIR"  # a path cut short: DIR

@@ -28,6 +28,10 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay, self.every = decay, every
         self.steps = 0
+        # {weight is a tensor: whether the foreach form takes such a weight}, found by the
+        # first update with each kind and used after: torch < 2.6 refuses a tensor weight
+        # there, and trying on every step would cost an exception a step.
+        self._foreach_works: dict[bool, bool] = {}
 
     def _pairs(self, model: nn.Module):
         ema_state = self.module.state_dict()
@@ -54,11 +58,16 @@ class ModelEMA:
                 ema.copy_(value)
         # One fused kernel launch per group of tensors instead of one per tensor (~320 for
         # ResNet-50), which on a GPU costs more than the arithmetic.
-        try:
+        if not floats:  # (the foreach form refuses empty lists)
+            return
+        kind = isinstance(weight, torch.Tensor)
+        foreach = self._foreach_works.get(kind)
+        if foreach is None:
+            self._foreach_works[kind] = _try_foreach_lerp(floats, targets, weight)
+        elif foreach:
             torch._foreach_lerp_(floats, targets, weight)
-        except (TypeError, RuntimeError):  # torch < 2.6: no tensor weight for the foreach form
-            for ema, target in zip(floats, targets, strict=True):
-                ema.lerp_(target, weight)
+        else:
+            _lerp_each(floats, targets, weight)
 
     def state_dict(self) -> dict:
         """{"module": the averaged weights' state_dict, "steps": optimizer steps seen}."""
@@ -68,6 +77,22 @@ class ModelEMA:
         """Restore what state_dict() returned."""
         self.module.load_state_dict(state["module"])
         self.steps = state["steps"]
+
+
+def _try_foreach_lerp(floats: list, targets: list, weight: float | torch.Tensor) -> bool:
+    """Lerp with the foreach form, or tensor by tensor where this torch (< 2.6) refuses a
+    tensor weight there; returns whether the foreach form worked."""
+    try:
+        torch._foreach_lerp_(floats, targets, weight)
+        return True
+    except (TypeError, RuntimeError):  # torch < 2.6: no tensor weight for the foreach form
+        _lerp_each(floats, targets, weight)
+        return False
+
+
+def _lerp_each(floats: list, targets: list, weight: float | torch.Tensor) -> None:
+    for ema, target in zip(floats, targets, strict=True):
+        ema.lerp_(target, weight)
 
 
 @torch.no_grad()

@@ -1,5 +1,7 @@
 """Build the network (torchvision names) and its layer summary."""
 
+import re
+
 import torch
 import torchvision
 from torch import nn
@@ -92,7 +94,18 @@ def model_summary(cfg: ModelConfig, batch_size: int, resolution: int) -> str:
         col_names=("input_size", "output_size", "num_params", "kernel_size", "mult_adds"),
         row_settings=("var_names",),
     )
-    return str(stats)
+    return plain_units(str(stats))
+
+
+def plain_units(table: str) -> str:
+    """torchinfo's table with its units as letters: "Total mult-adds (G): 1053.6", where
+    torchinfo 1.8 on Python 3.11 writes its unit enum's name ("(Units.GIGABYTES)"): it
+    formats the member with f"{units}", which gives the name there, the value elsewhere."""
+    from torchinfo.enums import Units
+
+    letters = {u.name: u.value for u in Units}
+    return re.sub(r"\(Units\.([A-Z]+)\)",
+                  lambda m: f"({letters.get(m.group(1), m.group(1).lower())})", table)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,6 +7,7 @@ UserError with the path (a bounded excerpt of it) and what to do.
 """
 
 import codecs
+import errno
 import os
 import stat
 from pathlib import Path
@@ -20,6 +21,22 @@ TEXT_SAMPLE = 1 << 16
 def _show(path: str | os.PathLike) -> str:
     """A path quoted in a message: long paths are cut (see rn50.errors.excerpt)."""
     return excerpt(str(path), PATH_CHARS)
+
+
+def link_loop(path: str | os.PathLike, what: str) -> str | None:
+    """The one-line message for a `path` (named `what`, e.g. "data.data_dir") that cannot be
+    reached for a symbolic link loop (ELOOP: it, or a link on its way, leads back to itself),
+    else None. is_dir() and exists() say only False there, which reads as "no such folder"."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return (f"{what} {_show(path)} is a symbolic link loop (it, or a link on its way, "
+                    f"leads back to itself, never to a folder); point {what} at your dataset "
+                    f"folder")
+    except ValueError:  # an embedded NUL byte
+        pass
+    return None
 
 
 def _stat(path: Path, what: str) -> os.stat_result | None:

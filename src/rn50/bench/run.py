@@ -20,20 +20,24 @@ from rn50.bench.plan import STEP_TARGET_IMG_S, BenchPlan, epoch_resolutions
 from rn50.bench.projection import fastest, project
 from rn50.bench.report import decode_label
 from rn50.bench.sync_cost import bench_sync
+from rn50.preempt import exit_on_sigterm
 
 
 def run_bench(plan: BenchPlan, log=None) -> dict:
     """Measure what `plan` asks for; returns the JSON-able result (see README: Speed).
 
     `log` is called with a line of text before each measurement (None: silent). torch's CPU
-    thread count is set to plan.threads while it runs and restored after.
+    thread count is set to plan.threads while it runs and restored after. SIGTERM stops it
+    with SystemExit(143) after removing its temporary files (rn50.preempt.exit_on_sigterm).
     """
     threads = torch.get_num_threads()
     affinity = _limit_cores(plan.cores)
     if plan.threads or plan.cores:
         torch.set_num_threads(plan.threads or plan.cores)
     try:
-        result = _run(plan, log or (lambda _msg: None))
+        # SIGTERM unwinds (SystemExit), so that the temporary folder of JPEGs is removed.
+        with exit_on_sigterm("bench"):
+            result = _run(plan, log or (lambda _msg: None))
         result["cores_limit"] = plan.cores or None
         return result
     finally:

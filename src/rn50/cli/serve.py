@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from rn50.cli.common import EXIT_USAGE
+from rn50.cli.common import EXIT_USAGE, flip_args
 from rn50.errors import UserError, excerpt
 
 
@@ -107,9 +107,7 @@ def add_commands(add) -> None:
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation on or off (default: the checkpoint's "
-                   "eval.flip, or the classes file's flip)")
+    flip_args(p, "the checkpoint's eval.flip, or the classes file's flip")
 
     p = add("app", cmd_app)
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pth written by train")

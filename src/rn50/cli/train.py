@@ -4,7 +4,7 @@ configs and run directories."""
 import argparse
 import sys
 
-from rn50.cli.common import check_run_files, config_args
+from rn50.cli.common import check_run_files, config_args, flip_args
 from rn50.errors import UserError
 
 
@@ -23,11 +23,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rn50.train.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
-    check_run_files(cfg)
+    initial = check_run_files(cfg)  # train.initial_model_path, read once
     if not cfg.train.resume:
         refuse_fresh_start_over(cfg.train.checkpoint_dir)
     with dist.process_group(resolve_device(cfg.train.device)):
-        fit(cfg)
+        fit(cfg, initial)
     return 0
 
 
@@ -50,8 +50,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from rn50.train.lr_finder import lr_find
 
     cfg = load_config(args.config, args.overrides)
-    check_run_files(cfg)
-    result = lr_find(cfg)
+    result = lr_find(cfg, check_run_files(cfg))
     print(f"Use it with: --set optim.max_lr={result.max_lr:.4g}")
     return 0
 
@@ -170,8 +169,7 @@ def add_commands(add) -> None:
     model.add_argument("--checkpoint", metavar="FILE", help="a .pth written by train")
     model.add_argument("--weights", metavar="FILE",
                        help="a torchvision-format state_dict (.pth/.pt or .safetensors)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation on or off (default: eval.flip)")
+    flip_args(p, "eval.flip")
     config_args(p, required=False)
 
     config_args(add("config", cmd_config), required=False)

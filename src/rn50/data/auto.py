@@ -6,7 +6,9 @@ data show) resolves auto through `choose_data`, so they agree.
 The rule, per process:
 
 - workers: its share of the CPUs (rn50.resources.available_cpus() // local processes), less
-  one kept for the training loop itself; at least 1.
+  one kept for the training loop itself; at least 1. A count given as a number is capped to
+  that share (all of it), with a note when lowered: the loaders of the commands and of a
+  library call (rn50.train.loop.fit) alike start no more.
 - decode: cpu when the model runs on the CPU (no CUDA). On a GPU the `cpu` mode delivers
   about workers x CPU_DECODE_PER_WORKER images/s and the `gpu` mode about GPU_DECODE_IMG_S;
   gpu is chosen where the first is below the model step's rate on this GPU and the second
@@ -21,6 +23,7 @@ below. They are inputs of a rule of thumb, not promises: `rn50 bench` measures t
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import torch
@@ -151,16 +154,27 @@ def auto_decode(workers: int, resolution: int, device: torch.device,
         f"on {gpu}, but more than the GPU decoder's ~{about(GPU_DECODE_IMG_S)}"
 
 
+def capped_workers(workers: int) -> int:
+    """A data.workers count given as a number, capped to this process's share of the CPUs
+    (rn50.resources.cap_workers, shared among torchrun's local processes); when lowered, rank
+    0 says so on stderr: `rn50: note: data.workers 64 lowered to 2: …`."""
+    first = os.environ.get("RANK", "0") == "0"  # (torchrun's ranks: one note, not one each)
+    return resources.cap_workers(workers, "data.workers", share=resources.local_processes(),
+                                 say=resources.note if first else None)
+
+
 def choose_data(data: DataConfig, device: torch.device, compiled: bool = False,
                 say: Callable[[str], None] | None = None) -> DataChoice:
     """Resolve `data.workers: auto` and `data.decode: auto` for a loader on `device`
-    (`compiled`: train.compile), calling `say` with each choice's line. Values that are not
-    auto are kept as they are (a worker count is capped by rn50.cli.check_run_files)."""
+    (`compiled`: train.compile), calling `say` with each choice's line. A worker count given
+    as a number is capped to the machine (`capped_workers`); a decode mode is kept."""
     lines = []
     workers = data.workers
     if workers == "auto":
         workers, line = auto_workers()
         lines.append(line)
+    else:
+        workers = capped_workers(workers)
     decode = data.decode
     if decode == "auto":
         decode, line = auto_decode(workers, data.resolution, device, compiled)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rn50.errors import DataError
+from rn50.paths import link_loop
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def find_dataset(path: str | os.PathLike[str]) -> DatasetIndex:
     """
     given = Path(path).expanduser()
     if not given.is_dir():
+        loop = link_loop(given, "data.data_dir")
+        if loop:
+            raise DataError(loop)
         raise DataError(
             f"data.data_dir: no such directory {_q(given)}; set data.data_dir to your ImageNet "
             f"folder (or run 'rn50 data demo {_show(given)}' for the small demo dataset)"

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from rn50.train.device_sync import synchronize
+
 COMPILE_OPTIONS: dict = {"dynamic": False}
 """What `compile_module` passes to torch.compile (tests add backend="eager": dynamo still
 captures and counts each graph, without Inductor's minutes of C++ compilation)."""
@@ -96,10 +98,10 @@ class CompileWatch:
         if not self.enabled or key in self.times:
             yield
             return
-        _sync(self.device)
+        synchronize(self.device)
         before, t0 = graphs_compiled(), time.perf_counter()
         yield
-        _sync(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - t0
         new = graphs_compiled() - before
         self.times[key] = seconds
@@ -110,8 +112,3 @@ class CompileWatch:
             self.log(f"compiled for {key} in {seconds:.1f} s ({which} of {self.expected})")
         else:
             self.log(f"{key}: no new graph (compiled before)")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

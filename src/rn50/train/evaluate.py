@@ -13,12 +13,11 @@ from rn50.checkpoint import check_classes, class_mapping, load_weights, read_sta
 from rn50.config import Config
 from rn50.data.auto import DataChoice, choose_data
 from rn50.data.batch import to_device
-from rn50.errors import ConfigError
 from rn50.metrics import Meter
 from rn50.model import build_model
 from rn50.progress import Reporter, make_reporter
 from rn50.resources import note
-from rn50.train.loaders import eval_loader, load_index, warn_about_index
+from rn50.train.loaders import check_class_count, eval_loader, load_index, warn_about_index
 from rn50.train.runtime import Runtime, autocast, make_runtime
 from rn50.train.step import note_unreadable
 
@@ -106,11 +105,8 @@ def evaluate_checkpoint(
         warn_about_index(index, warn, val=False)
     check_classes(state, cfg.model.num_classes, path)
     mapping = class_mapping(state, index.classes, path)
-    if not state.get("classes") and len(index.classes) != cfg.model.num_classes:
-        raise ConfigError(
-            f"model.num_classes is {cfg.model.num_classes} but {index.root} has "
-            f"{len(index.classes)} classes; set model.num_classes={len(index.classes)}"
-        )
+    if not state.get("classes"):  # no class ids to compare: the count at least must agree
+        check_class_count(index, cfg.model.num_classes)
     if mapping is not None:
         index = dataclasses.replace(index, val=tuple((p, mapping[y]) for p, y in index.val))
     data = _eval_data(cfg, rt)

@@ -20,12 +20,19 @@ def load_index(cfg: DataConfig, num_classes: int | None) -> DatasetIndex:
     index = load_dataset_index(check_data_dir(cfg), cache=cfg.index_cache)
     if cfg.skip_list:
         index = apply_skip_list(index, read_skip_list(cfg.skip_list))
-    if num_classes is not None and len(index.classes) != num_classes:
+    if num_classes is not None:
+        check_class_count(index, num_classes)
+    return index
+
+
+def check_class_count(index: DatasetIndex, num_classes: int) -> None:
+    """The dataset must have model.num_classes classes; raises ConfigError with one line
+    saying which count to set."""
+    if len(index.classes) != num_classes:
         raise ConfigError(
             f"model.num_classes is {num_classes} but {index.root} has {len(index.classes)} "
             f"classes; set model.num_classes={len(index.classes)}"
         )
-    return index
 
 
 def warn_about_index(index: DatasetIndex, warn, val: bool = True) -> None:

@@ -39,6 +39,7 @@ from rn50.train.loaders import eval_loader, load_index, train_loader, warn_about
 from rn50.train.lr_finder import choose_max_lr
 from rn50.train.records import Records, epoch_record
 from rn50.train.resume import (
+    Preloaded,
     Progress,
     RollingSaves,
     checkpoint_state,
@@ -75,7 +76,7 @@ class Trainer:
     checkpoint), Diverged and Preempted from fit().
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, preloaded: Preloaded | None = None):
         self.cfg = cfg
         self.rt = rt = make_runtime(cfg)
         self.index = load_index(cfg.data, cfg.model.num_classes)
@@ -84,7 +85,7 @@ class Trainer:
         # process does), and gives it back when the set-up fails.
         self.lock = lock_run_dir(self.run_dir) if dist.is_main() else None
         try:
-            self._set_up(cfg, rt)
+            self._set_up(cfg, rt, preloaded)
         except BaseException:
             self.release()
             raise
@@ -95,8 +96,9 @@ class Trainer:
             self.lock.close()
             self.lock = None
 
-    def _set_up(self, cfg: Config, rt) -> None:
-        """The rest of __init__, under the run dir's lock."""
+    def _set_up(self, cfg: Config, rt, preloaded: Preloaded | None) -> None:
+        """The rest of __init__, under the run dir's lock; `preloaded`: the checkpoint at
+        train.initial_model_path, when a check read it already."""
         self.log = log = RunLog(self.run_dir, enabled=dist.is_main())
         if dist.is_main():  # files of a killed process's writes, under temporary names
             removed = remove_stale_temps(self.run_dir)
@@ -108,6 +110,8 @@ class Trainer:
         warn_about_index(self.index, log.warn)
         # data.workers/decode auto: chosen once for this run's loaders, logged with why.
         self.data_choice = choose_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
+        if cfg.data.workers != "auto":  # capped to this machine: the run's config.yaml says so
+            cfg.data.workers = self.data_choice.data.workers
         accum, world = cfg.train.accum_steps, dist.world_size()
         # Images per optimizer step, over all ranks: what the LR and the schedule are set for.
         self.global_batch = cfg.data.batch_size * world * accum
@@ -124,7 +128,9 @@ class Trainer:
         self.use_resolution(resolution_at(1, cfg.data))
         self.val_data = eval_loader(self.data_choice.data, self.index, rt)
         if dist.is_main():  # the other ranks receive these weights from DDP's broadcast
-            initial_weights(model, cfg.train, log, self.index.classes)
+            initial_weights(model, cfg.train, log, self.index.classes, preloaded)
+        elif preloaded is not None:
+            preloaded.take()  # (dropped: this rank's check read it, rank 0's is used)
         model.to(rt.device, memory_format=rt.memory_format)
         found = find_resume_state(self.run_dir, log.warn) if cfg.train.resume else None
         # The checkpoint a rerun would resume from, kept up to date by every save (rank 0).
@@ -486,9 +492,10 @@ class Trainer:
         )
 
 
-def fit(cfg: Config) -> dict:
+def fit(cfg: Config, preloaded: Preloaded | None = None) -> dict:
     """Train cfg.train.epochs epochs (resuming when asked), evaluating and saving every epoch.
+    `preloaded`: the checkpoint at train.initial_model_path, when a check read it already.
 
     Returns the last epoch's metrics record (the one written to metrics.jsonl).
     """
-    return Trainer(cfg).fit()
+    return Trainer(cfg, preloaded).fit()

@@ -37,7 +37,7 @@ from rn50.config import Config, LRFinderConfig
 from rn50.data.batch import to_device
 from rn50.optim import build_optimizer
 from rn50.train.loaders import load_index, train_loader, warn_about_index
-from rn50.train.resume import initial_weights
+from rn50.train.resume import Preloaded, initial_weights
 from rn50.train.runtime import Runtime, make_runtime
 from rn50.train.step import allow_skipped_steps, train_step
 
@@ -293,11 +293,12 @@ def find_max_lr(model: nn.Module, loader, cfg: Config, rt: Runtime, out_dir: Pat
     return Result(lr, plot, table, sweep)
 
 
-def lr_find(cfg: Config) -> Result:
+def lr_find(cfg: Config, preloaded: Preloaded | None = None) -> Result:
     """`rn50 lr-find`: the range test for a training config, artifacts in its run dir.
 
     The initial weights are the run's own (initial_model_path, saved here if new), so the
     training that follows starts from exactly the weights the sweep started from.
+    `preloaded`: the file at train.initial_model_path, when a check read it already.
     """
     from rn50.data.auto import resolve_data
     from rn50.model import build_model
@@ -310,7 +311,7 @@ def lr_find(cfg: Config) -> Result:
     data = resolve_data(cfg.data, rt.device, cfg.train.compile, say=log.log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
-    initial_weights(model, cfg.train, log, index.classes)
+    initial_weights(model, cfg.train, log, index.classes, preloaded)
     model.to(rt.device, memory_format=rt.memory_format)
     loader = train_loader(data, index, cfg.train.seed, rt)
     return find_max_lr(model, loader, cfg, rt, Path(cfg.train.checkpoint_dir), log)

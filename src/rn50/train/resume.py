@@ -45,16 +45,38 @@ class Resumed:
     meter_sums: torch.Tensor | None
 
 
-def initial_weights(model: nn.Module, cfg: TrainConfig, log, classes=None) -> None:
+class Preloaded:
+    """A checkpoint file already read (train.initial_model_path, by the check before any
+    work: rn50.cli.common.check_run_files), handed on so that it is read once.
+
+    `take()` gives the state away and keeps no reference to it, so the frames that pass
+    this on (the command's, fit's) do not hold the weights for the whole run.
+    """
+
+    def __init__(self, path: str | Path, state: dict):
+        self.path, self._state = Path(path), state
+
+    def take(self) -> dict | None:
+        """The state read from `path`, the first time; None after."""
+        state, self._state = self._state, None
+        return state
+
+
+def initial_weights(
+    model: nn.Module, cfg: TrainConfig, log, classes=None, preloaded: Preloaded | None = None
+) -> None:
     """Load the saved initial weights (train.initial_model_path, default the run dir's
     initial_model.pth), or save these ones on the first start. `classes`: the dataset's
     class ids, which a file that stores its own (a trained checkpoint) must equal.
+    `preloaded`: that file, when a check read it already (it is not read again).
 
     Raises CheckpointError when the file does not fit the model or the classes.
     """
     path = Path(cfg.initial_model_path or Path(cfg.checkpoint_dir) / "initial_model.pth")
+    given = preloaded.take() if preloaded is not None else None  # (given away either way)
     if path.exists():
-        state = load_checkpoint(path)
+        same = given is not None and preloaded.path == path
+        state = given if same else load_checkpoint(path)
         fix = "delete the file or set train.initial_model_path to another path"
         if classes is not None:
             match_classes(state, classes, path, fix)

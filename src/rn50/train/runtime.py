@@ -11,6 +11,7 @@ from rn50 import distributed as dist
 from rn50.config import Config
 from rn50.errors import ConfigError
 from rn50.train.compiled import compile_module, expected_graphs
+from rn50.train.device_sync import synchronize as synchronize  # re-exported
 
 
 @dataclass
@@ -60,13 +61,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision bf16 is not supported by this GPU; use fp16")
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait until `device` has run the work queued on it (CUDA runs it asynchronously, so a
-    clock read without this measures the queueing); nothing on a CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_runtime(cfg: Config) -> Runtime:

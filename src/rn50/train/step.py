@@ -151,21 +151,27 @@ class DeviceGuard:
         self.model, self.optimizer = model, optimizer
         self.groups: list[tuple[list[torch.Tensor], list[int], torch.Tensor]] = []
         self.count = -1
-        self.saved: set[int] = set()
+        # The parameters that had no momentum buffer when the groups were made: the step may
+        # create theirs (the first step does), which the groups do not hold.
+        self.unbuffered: list[torch.Tensor] = []
 
-    def _tensors(self) -> list[torch.Tensor]:
+    def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(every tensor a step may change, the parameters without a momentum buffer)."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        state = self.optimizer.state
-        momenta = [state[p].get("momentum_buffer") for p in params if p in state]
+        momenta = [self._momentum(p) for p in params]
         norms = [b for b in self.model.buffers() if b.is_floating_point()]
-        return [t for t in params + momenta + norms if t is not None]
+        tensors = [t for t in params + momenta + norms if t is not None]
+        return tensors, [p for p, m in zip(params, momenta, strict=True) if m is None]
+
+    def _momentum(self, p: torch.Tensor) -> torch.Tensor | None:
+        state = self.optimizer.state.get(p)  # (.get: the state is a defaultdict)
+        return None if state is None else state.get("momentum_buffer")
 
     def save(self) -> None:
         """Copy the state (call before each step)."""
-        tensors = self._tensors()
+        tensors, unbuffered = self._tensors()
         if len(tensors) != self.count:  # the first step creates the momentum buffers
-            self.count = len(tensors)
-            self.saved = {id(t) for t in tensors}
+            self.count, self.unbuffered = len(tensors), unbuffered
             by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
             for t in tensors:
                 by_dtype.setdefault(t.dtype, []).append(_flat(t))
@@ -179,12 +185,14 @@ class DeviceGuard:
 
     @torch.no_grad()
     def restore_unless(self, finite: torch.Tensor) -> None:
-        """Put the saved state back where `finite` (0-dim bool on the device) is False."""
+        """Put the saved state back where `finite` (0-dim bool on the device) is False: the
+        tensors `save` grouped, and the momentum buffers this step created."""
         for views, sizes, flat in self.groups:
             chosen = torch.where(finite, torch.cat(views), flat)
             torch._foreach_copy_(views, list(chosen.split(sizes)))
-        for t in self._tensors():
-            if id(t) not in self.saved:
+        for p in self.unbuffered:  # none after the first step (with SGD's momentum)
+            t = self._momentum(p)
+            if t is not None:
                 t.copy_(torch.where(finite, t, torch.zeros_like(t)))
 
 
@@ -200,18 +208,23 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 class PendingChecks:
     """train.sync_check: deferred. The steps whose flags are still on the device: read on the
     host together (one wait) every `every` steps, before a checkpoint and at the epoch's end,
-    where skipped steps are named and counted (NonFiniteStreak, train.max_bad_steps)."""
+    where skipped steps are named and counted (NonFiniteStreak, train.max_bad_steps).
+
+    train.sync_check: step uses it with `every` 1 and host flags (bool): those are kept as
+    they are, and read without a tensor or a wait.
+    """
 
     def __init__(self, every: int):
         self.every = max(1, every)
         self.steps: list[int] = []
-        self.flags: list[torch.Tensor] = []
+        self.flags: list[bool | torch.Tensor] = []
         self.losses: list[torch.Tensor] = []
 
     def add(self, step: int, applied: bool | torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep step `step`'s device-side flag and loss until the next read."""
+        """Keep step `step`'s flag (a device tensor, or a bool already on the host) and loss
+        until the next read."""
         self.steps.append(step)
-        self.flags.append(torch.as_tensor(applied))
+        self.flags.append(applied)
         self.losses.append(loss)
 
     def due(self) -> bool:
@@ -222,7 +235,7 @@ class PendingChecks:
         """(step, applied, loss) of each pending step, in order; the list is emptied."""
         if not self.steps:
             return []
-        flags = [bool(f) for f in torch.stack(self.flags).tolist()]  # the one wait
+        flags = _host_flags(self.flags)
         # A loss is read only for a skipped step (its warning): reading them all would wait
         # a second time, for the work queued since.
         losses = [
@@ -232,6 +245,15 @@ class PendingChecks:
         out = list(zip(self.steps, flags, losses, strict=True))
         self.steps, self.flags, self.losses = [], [], []
         return out
+
+
+def _host_flags(flags: list[bool | torch.Tensor]) -> list[bool]:
+    """`flags` as bools: the device tensors among them read together (the one wait)."""
+    on_device = [f for f in flags if isinstance(f, torch.Tensor)]
+    if not on_device:
+        return [bool(f) for f in flags]
+    read = iter(torch.stack(on_device).tolist())
+    return [bool(next(read)) if isinstance(f, torch.Tensor) else bool(f) for f in flags]
 
 
 class NonFiniteStreak:

@@ -296,7 +296,9 @@ def test_sync_cost_and_gpu_stages_are_measured(capsys):
     assert sync["deferred_cost"] == pytest.approx(1 - v["deferred"] / v["unchecked"])
     stages = result["gpu_stages"]
     assert list(stages["stages"]) == [*WORKER_STAGES, *MAIN_STAGES, *FORMER_STAGES]
-    assert stages["images"] == 8 and stages["batch_size"] == 8 and stages["sync_s"] == 0.0
+    # the training batch (--batch-sizes 4), not the data benchmark's
+    assert stages["images"] == 8 and stages["batch_size"] == 4 and stages["batches"] == 2
+    assert stages["sync_s"] == 0.0 and stages["left_out"] == 0 and stages["resolution"] == 32
     main_s = sum(stages["stages"][s]["total_s"] for s in MAIN_STAGES)
     assert stages["main_img_s"] == pytest.approx(8 / main_s)
     former_s = main_s - stages["stages"]["place"]["total_s"]
@@ -405,3 +407,52 @@ def test_sigterm_removes_the_temporary_jpegs(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         "rn50: bench stopped by SIGTERM"), err
     assert not folder.exists() and out == ""
+
+
+def test_stages_time_only_the_files_the_device_decoder_takes(capsys, tmp_path):
+    """PNGs named .JPEG go to the workers in the gpu mode: they are left out of the stage
+    timings and counted, not divided into the per-image figures; none at all is one line."""
+    from PIL import Image
+
+    from rn50.data.photos import write_imagenet_like
+
+    root = write_imagenet_like(tmp_path / "mixed", 6, classes=2)
+    jpegs = sorted((root / "train").rglob("*.JPEG"))
+    for path in jpegs[:4]:  # 4 of 6 become PNGs with the same name
+        Image.open(path).convert("RGB").save(path, format="PNG")
+    args = TINY + ["--only", "stages", "--data-dir", str(root), "--images", "6"]
+    assert main(args) == 0
+    stages = json.loads(capsys.readouterr().out)["gpu_stages"]
+    assert stages["images"] == 2 and stages["left_out"] == 4
+    for path in jpegs[4:]:
+        Image.open(path).convert("RGB").save(path, format="PNG")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rn50: error: bench --only stages: none of the 6 files")
+
+
+def test_speed_ratio_words():
+    from rn50.bench.report import plural, times
+
+    assert times(3.24) == "3.2x faster" and times(0.25) == "4.0x slower"
+    assert times(1.01) == "about as fast" and plural(1, "image") == "1 image"
+    assert plural(0, "file") == "0 files"
+
+
+def test_only_a_plan_that_decodes_on_the_device_needs_its_decoder(capsys):
+    import torch
+
+    from rn50.bench.plan import BenchPlan, uses_gpu_decoder
+
+    def plan(**kw):
+        return BenchPlan(device=torch.device("cpu"), **kw)
+
+    assert uses_gpu_decoder(plan(parts=("stages",)))
+    assert uses_gpu_decoder(plan(parts=("data",), modes=("cpu", "gpu")))
+    assert not uses_gpu_decoder(plan(parts=("data",), modes=("cpu",)))
+    assert uses_gpu_decoder(plan(parts=("e2e",), decode="gpu"))
+    assert not uses_gpu_decoder(plan(parts=("model", "e2e"), decode="cpu"))
+    # nvImageCodec is not installed here: the model step alone is measured all the same
+    args = TINY + ["--only", "model", "--set", "data.gpu_decoder=nvimgcodec"]
+    assert main(args) == 0
+    capsys.readouterr()

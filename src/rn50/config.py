@@ -783,21 +783,22 @@ def validate(cfg: Config) -> None:
     _one_of(d.gpu_decoder, "data.gpu_decoder", GPU_DECODERS)
 
 
-def check_data_dir(cfg: DataConfig) -> Path:
-    """The data directory as a Path, or a one-line error saying how to get one."""
+def check_data_dir(cfg: DataConfig, key: str = "data.data_dir") -> Path:
+    """The data directory as a Path, or a one-line error (naming it `key`, the setting or
+    flag the user gave it with) saying how to get one."""
     p = Path(cfg.data_dir).expanduser()
     try:
         found = p.is_dir()
     except OSError:  # a name longer than the filesystem allows
         found = False
-    loop = None if found else link_loop(p, "data.data_dir")
+    loop = None if found else link_loop(p, key)
     if loop:
         raise ConfigError(loop)
     if not found:
         shown = excerpt(str(p), 240)
         demo = str(p) if len(shown) == len(str(p)) + 2 else "DIR"  # a path cut short: DIR
         raise ConfigError(
-            f"data.data_dir: no such directory {shown}; set data.data_dir to your ImageNet folder "
+            f"{key}: no such directory {shown}; set {key} to your ImageNet folder "
             f"(or run 'rn50 data demo {demo}' for the small demo dataset)"
         )
     return p

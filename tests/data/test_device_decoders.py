@@ -125,14 +125,44 @@ def test_an_absent_decoder_is_refused_before_anything_is_written(tmp_path, capsy
     run = tmp_path / "run"
     root, _ = demo48
     config = tmp_path / "c.yaml"
-    config.write_text(f"data:\n  data_dir: {root}\ntrain:\n  checkpoint_dir: {run}\n")
-    for decode_mode in ("gpu", "auto"):
-        argv = ["train", "-c", str(config), "--set", f"data.decode={decode_mode}",
+    config.write_text(
+        f"data:\n  data_dir: {root}\nmodel:\n  num_classes: 10\n"
+        f"train:\n  checkpoint_dir: {run}\n"
+    )
+    for command in ("train", "lr-find"):
+        argv = [command, "-c", str(config), "--set", "data.decode=gpu",
                 "--set", "data.gpu_decoder=nvimgcodec"]  # fmt: skip
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "data.gpu_decoder: nvimgcodec needs" in err[0]
+        assert len(err) == 1 and "data.gpu_decoder: nvimgcodec needs" in err[0], err
         assert not run.exists()
+    # (decode: auto does not choose gpu without the decoder: below)
     argv = ["bench", "--device", "cpu", "--only", "stages", "--set", "data.gpu_decoder=nvimgcodec"]
     assert main(argv) == 2
     assert "data.gpu_decoder: nvimgcodec needs" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_without_the_nvidia_package_the_check_is_still_one_line(monkeypatch):
+    # find_spec("nvidia.nvimgcodec") raises, not answers None, where there is no `nvidia`
+    # package at all (CPU, ROCm and macOS wheels of torch).
+    def no_parent(name, *args):
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    monkeypatch.setattr(device_decoders.importlib.util, "find_spec", no_parent)
+    assert not device_decoders.gpu_decoder_installed("nvimgcodec")
+    assert device_decoders.gpu_decoder_installed("torchvision")
+    with pytest.raises(ConfigError, match="nvidia-nvimgcodec"):
+        device_decoders.check_gpu_decoder("nvimgcodec")
+
+
+def test_decode_auto_does_not_choose_a_decoder_that_is_not_there(monkeypatch):
+    from rn50.data import auto
+
+    monkeypatch.setattr(auto, "gpu_decoder_installed", lambda name: name == "torchvision")
+    monkeypatch.setattr(auto, "auto_decode", lambda *a: ("gpu", "data.decode auto -> gpu: why"))
+    chosen = auto.choose_data(DataConfig(workers=0, gpu_decoder="nvimgcodec"), CPU)
+    assert chosen.data.decode == "cpu"
+    assert chosen.lines[-1].startswith("data.decode auto -> cpu: why; but data.gpu_decoder")
+    assert auto.choose_data(DataConfig(workers=0), CPU).data.decode == "gpu"  # torchvision
+    with pytest.raises(ConfigError, match="nvimgcodec needs"):  # asked for by name
+        auto.choose_data(DataConfig(workers=0, decode="gpu", gpu_decoder="nvimgcodec"), CPU)

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from rn50.bench.plan import BenchPlan
 from rn50.bench.timing import sync
+from rn50.errors import DataError
 
 WORKER_STAGES = ("read", "header", "crop_draw")
 MAIN_STAGES = ("h2d_copy", "decode", "place", "normalize")
@@ -41,16 +42,24 @@ FORMER_STAGES = ("place_per_image", "stack")  # what `place` replaced, timed bes
 
 
 def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
-    """Time each stage over the first batches of `samples` ((path, label)), plan.repeats times;
-    returns `stage_summary` of the median repeat, with "batch_size", "batches" and
-    "device". Files the device decoder does not take (CMYK, PNG) are left out."""
+    """Time each stage over batches of `samples` ((path, label)) of the training batch size
+    (plan.batch_sizes[0], fewer when there are fewer files), plan.repeats times; returns
+    `stage_summary` of the median repeat, with "batch_size", "batches", "device",
+    "gpu_decoder" and "left_out". Files the device decoder does not take (CMYK, PNG: the
+    workers decode those) are left out before timing and counted in "left_out"; DataError
+    (one line) when that is every file."""
     from rn50.data import decode, gpu
     from rn50.data.batch import normalize
     from rn50.data.resample import place_batch
 
     device = plan.device
-    size = max(1, min(plan.data_batch_size, len(samples)))
-    paths = [p for p, _ in samples]
+    paths = [p for p, _ in samples if _device_decodes(p)]
+    if not paths:
+        raise DataError(
+            f"bench --only stages: none of the {len(samples)} files is a JPEG the device "
+            "decoder takes (CMYK, YCCK, PNG and other formats are decoded by the workers)"
+        )
+    size = max(1, min(plan.batch_sizes[0], len(paths)))
     batches = [paths[i : i + size] for i in range(0, len(paths) - size + 1, size)] or [paths]
     scale = (plan.min_scale, 1.0)
     res = (plan.resolution, plan.resolution)
@@ -61,8 +70,6 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
         for files in batches:
             datas = clock.time("read", lambda files=files: [decode.read_bytes(p) for p in files])
             heads = clock.time("header", lambda datas=datas: [decode.probe(d) for d in datas])
-            keep = [i for i, (_, _, direct) in enumerate(heads) if direct]
-            datas, heads = [datas[i] for i in keep], [heads[i] for i in keep]
             boxes = clock.time(
                 "crop_draw",
                 lambda heads=heads: [
@@ -75,6 +82,8 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
                 "decode",
                 lambda tensors=tensors: gpu.decode_jpegs(tensors, device, plan.gpu_decoder),
             )
+            decoded = [i for i, x in enumerate(pixels) if x is not None]  # corrupt data: None
+            pixels, boxes = [pixels[i] for i in decoded], [boxes[i] for i in decoded]
             n = len(pixels)
             placed = clock.time(
                 "place",
@@ -98,6 +107,8 @@ def bench_gpu_stages(plan: BenchPlan, samples) -> dict:
     return {
         "device": str(device),
         "gpu_decoder": plan.gpu_decoder,
+        "left_out": len(samples) - len(paths),
+        "resolution": plan.resolution,
         "batch_size": size,
         "batches": len(batches),
         **stage_summary(middle, images, sync_cost(device)),
@@ -112,6 +123,17 @@ def _place_one(pixels: torch.Tensor, box, size: tuple[int, int], flip: bool) -> 
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     x = x.flip(-1) if flip else x
     return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def _device_decodes(path: str) -> bool:
+    """Whether the device decoder takes this file (the header test the gpu mode's workers
+    make: rn50.data.decode.probe's `direct`)."""
+    from rn50.data import decode
+
+    try:
+        return decode.probe(decode.read_bytes(path))[2]
+    except Exception:  # unreadable or not an image: the workers' path names it
+        return False
 
 
 def _copy_bytes(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:

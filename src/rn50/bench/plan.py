@@ -112,6 +112,17 @@ def default_plan(
     )
 
 
+def uses_gpu_decoder(plan: BenchPlan) -> bool:
+    """Whether the plan decodes on the device (so data.gpu_decoder must be there): the stage
+    breakdown, the data path's gpu mode, or an end-to-end run in decode gpu."""
+    parts = set(plan.parts)
+    return (
+        "stages" in parts
+        or ("data" in parts and "gpu" in plan.modes)
+        or ("e2e" in parts and plan.decode == "gpu")
+    )
+
+
 def epoch_resolutions(plan: BenchPlan) -> list[int]:
     """The training resolution of each epoch of the projected run (rn50.data.schedule)."""
     from rn50.data.schedule import resolution_at

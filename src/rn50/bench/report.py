@@ -76,14 +76,18 @@ def format_report(result: dict) -> str:
         g = result["gpu_stages"]
         lines += [
             "",
-            f"decode gpu stage by stage ({g['images']} images in batches of {g['batch_size']}, "
-            f"decoder {g.get('gpu_decoder', 'torchvision')}, "
+            f"decode gpu stage by stage ({plural(g['images'], 'image')} in batches of "
+            f"{g['batch_size']}, {g.get('resolution', '?')} px, decoder "
+            f"{g.get('gpu_decoder', 'torchvision')}, "
             f"{g['device']}); host: the calling thread's share of the time:",
-            f"  {'stage':<10}  {'us/image':>9}  {'img/s':>10}  {'host':>5}",
+            f"  {'stage':<15}  {'us/image':>9}  {'img/s':>10}  {'host':>5}",
         ]
+        if g.get("left_out"):
+            lines.insert(-1, f"  ({plural(g['left_out'], 'file')} left out: not for the "
+                             "device decoder, the workers decode those)")
         for name, st in g["stages"].items():
             lines.append(
-                f"  {name:<10}  {st['us_per_image']:9.1f}  {st['img_s']:10.1f}  "
+                f"  {name:<15}  {st['us_per_image']:9.1f}  {st['img_s']:10.1f}  "
                 f"{st['host_share']:5.2f}"
             )
         lines.append(
@@ -95,8 +99,8 @@ def format_report(result: dict) -> str:
         if "place_speedup" in g:
             lines.append(
                 f"  the former per-image place and stack instead of place: "
-                f"{g['per_image_main_img_s']:.1f} img/s (place is {g['place_speedup']:.1f}x "
-                f"faster)"
+                f"{g['per_image_main_img_s']:.1f} img/s (place is "
+                f"{times(g['place_speedup'])} than the former)"
             )
     if result.get("sync"):
         lines += ["", "The step's host wait (train.sync_check), images/s:",
@@ -155,3 +159,17 @@ def _duration(seconds: float) -> str:
 def to_json(result: dict) -> str:
     """`result` as indented JSON text (what --json prints)."""
     return json.dumps(result, indent=1)
+
+
+def plural(n: int, word: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def times(ratio: float) -> str:
+    """A speed ratio as words: '3.2x faster', '4.0x slower' (1 / ratio), 'as fast'."""
+    if ratio >= 1.05:
+        return f"{ratio:.1f}x faster"
+    if ratio <= 1 / 1.05:
+        return f"{1 / ratio:.1f}x slower"
+    return "about as fast"

@@ -47,11 +47,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         PRECISIONS,
         default_plan,
         parse_list,
+        uses_gpu_decoder,
     )
     from rn50.bench.projection import read_result, reproject
     from rn50.bench.report import format_report
     from rn50.bench.run import run_bench
-    from rn50.config import load_config
+    from rn50.config import DataConfig, check_data_dir, load_config
+    from rn50.data.device_decoders import check_gpu_decoder
     from rn50.paths import check_input_file
     from rn50.resources import cap_workers, note
     from rn50.train.runtime import resolve_device
@@ -111,9 +113,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = reproject(read_result(args.from_file), plan, args.from_file)
         print(json.dumps(result, indent=1) if args.json else format_report(result))
         return 0
-    from rn50.data.device_decoders import check_gpu_decoder
-
-    check_gpu_decoder(plan.gpu_decoder)  # before anything is written or measured
+    # before anything is written or measured
+    if plan.data_dir:
+        check_data_dir(DataConfig(data_dir=plan.data_dir), "--data-dir")
+    if uses_gpu_decoder(plan):
+        check_gpu_decoder(plan.gpu_decoder)
     # Progress goes to stderr, so that stdout holds only the table or the JSON.
     result = run_bench(plan, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_report(result))

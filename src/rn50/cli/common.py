@@ -52,7 +52,7 @@ def check_run_files(cfg, writes_run_dir: bool = True):
     from rn50.paths import check_input_file, check_output_dir, check_output_file
 
     check_data_dir(cfg.data)
-    if cfg.data.decode in ("gpu", "auto"):
+    if cfg.data.decode == "gpu":  # auto does not choose gpu without the decoder
         from rn50.data.device_decoders import check_gpu_decoder
 
         check_gpu_decoder(cfg.data.gpu_decoder)

@@ -30,6 +30,7 @@ import torch
 
 from rn50 import resources
 from rn50.config import DataConfig
+from rn50.data.device_decoders import check_gpu_decoder, gpu_decoder_installed
 
 # `cpu` mode, images/s per worker on the H200 machine's cores (16 workers on 16 cores, 512
 # ImageNet-like 500x375 JPEGs): 7,105.3 / 16 at 224 px, 11,044.7 / 16 at 192 px.
@@ -167,7 +168,9 @@ def choose_data(data: DataConfig, device: torch.device, compiled: bool = False,
                 say: Callable[[str], None] | None = None) -> DataChoice:
     """Resolve `data.workers: auto` and `data.decode: auto` for a loader on `device`
     (`compiled`: train.compile), calling `say` with each choice's line. A worker count given
-    as a number is capped to the machine (`capped_workers`); a decode mode is kept."""
+    as a number is capped to the machine (`capped_workers`); a decode mode is kept. `auto`
+    does not choose gpu when data.gpu_decoder is not installed; decode gpu with it not
+    installed raises ConfigError."""
     lines = []
     workers = data.workers
     if workers == "auto":
@@ -178,7 +181,13 @@ def choose_data(data: DataConfig, device: torch.device, compiled: bool = False,
     decode = data.decode
     if decode == "auto":
         decode, line = auto_decode(workers, data.resolution, device, compiled)
+        if decode == "gpu" and not gpu_decoder_installed(data.gpu_decoder):
+            decode = "cpu"
+            line = line.replace("auto -> gpu", "auto -> cpu", 1)
+            line += f"; but data.gpu_decoder {data.gpu_decoder} is not installed here"
         lines.append(line)
+    elif decode == "gpu":
+        check_gpu_decoder(data.gpu_decoder)  # ConfigError, one line
     if say is not None:
         for line in lines:
             say(line)

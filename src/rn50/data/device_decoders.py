@@ -19,6 +19,7 @@ the host (`decode_host`).
 from __future__ import annotations
 
 import importlib.util
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -29,9 +30,19 @@ from rn50.data.image import open_pil, to_rgb
 from rn50.errors import ConfigError
 
 
+def gpu_decoder_installed(name: str) -> bool:
+    """Whether decoder `name` can be imported here (nothing is imported to find out)."""
+    if name != "nvimgcodec" or "nvidia.nvimgcodec" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except ImportError:  # no `nvidia` package at all (CPU, ROCm or macOS wheels of torch)
+        return False
+
+
 def check_gpu_decoder(name: str) -> None:
-    """Raise ConfigError (one line) when `name` is not installed here; nothing is imported."""
-    if name == "nvimgcodec" and importlib.util.find_spec("nvidia.nvimgcodec") is None:
+    """Raise ConfigError (one line) when `name` is not installed here."""
+    if not gpu_decoder_installed(name):
         raise ConfigError(
             "data.gpu_decoder: nvimgcodec needs NVIDIA's nvImageCodec: pip install "
             "nvidia-nvimgcodec-cu12 (or -cu13, as your CUDA), or set data.gpu_decoder: torchvision"

@@ -9,7 +9,7 @@ compiled once when first met, and used again whenever that size comes back.
 Shapes that would add a graph each and are avoided instead: the last, partial batch of
 validation (rn50.train.evaluate pads it to the full batch), and the last, partial batch of
 training (the training loader drops it). A training batch that lost images to unreadable
-files runs eagerly (`eager()`), so a bad file costs no compilation either.
+files runs eagerly (`eager(model)`), so a bad file costs no compilation either.
 
 `CompileWatch` counts the graphs dynamo compiles (torch._dynamo.utils.counters
 ["stats"]["unique_graphs"]) while the first call at each shape runs, and logs the time:
@@ -58,14 +58,30 @@ def is_compiled(model: nn.Module) -> bool:
     return getattr(inner, "_compiled_call_impl", None) is not None
 
 
-def eager():
-    """A context in which compiled modules run their plain Python code (no compilation, no
-    guard check): for a batch of an odd size. torch >= 2.6 (`torch.compiler.set_stance`);
-    on older torch a no-op, and such a batch compiles a graph of its own."""
+@contextlib.contextmanager
+def eager(model: nn.Module):
+    """A context in which `model` (compiled by `compile_module`, or a wrapper of it such as
+    DDP) runs its plain Python code (no compilation, no guard check): for a batch of an odd
+    size. torch >= 2.6: `torch.compiler.set_stance("force_eager")`; older torch has no
+    stance, so each compiled submodule's compiled call is put aside for the context (what
+    `nn.Module.compile` set; its graphs stay cached for after)."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    if set_stance is None:
-        return contextlib.nullcontext()
-    return set_stance("force_eager")
+    if set_stance is not None:
+        with set_stance("force_eager"):
+            yield
+        return
+    saved = [
+        (m, m._compiled_call_impl)
+        for m in model.modules()
+        if getattr(m, "_compiled_call_impl", None) is not None
+    ]
+    for m, _ in saved:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, impl in saved:
+            m._compiled_call_impl = impl
 
 
 def expected_graphs(train_resolutions: Iterable[int]) -> int:

@@ -405,7 +405,7 @@ class Trainer:
         if not self.cfg.train.compile:
             return nullcontext()
         if any(images.shape[0] != self.cfg.data.batch_size for images, _ in batches):
-            return eager()
+            return eager(self.module)
         return self.compiles.first(f"{self.train_res} px (training)")
 
     def save_last(self, epoch: int, step: int, meter: Meter) -> Path | None:

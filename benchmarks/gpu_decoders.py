@@ -38,7 +38,10 @@ pass. Pixels: the decoded first batch (at most --unique distinct files) against 
 the same files (cropped to the box for the ROI decoders): mean and max absolute difference,
 uint8 levels.
 
-A decoder that does not import or fails is recorded with a one-line reason; a file it cannot
+A bad flag is one line on stderr and exit 2, before anything is made or measured: --device
+other than cpu, cuda or cuda:N (a CUDA device torch sees), --seed outside numpy's 0..2**32-1,
+--budget-s not a finite number above 0, --json-out a folder or in a folder that takes no new
+file. A decoder that does not import or fails is recorded with a one-line reason; a file it cannot
 decode (None from nvImageCodec) fails that variant. Everything stops within --budget-s of the
 start: a variant that would start after the budget is spent is recorded as skipped, and a
 variant stops repeating when another pass would overrun it. --json prints one JSON object;
@@ -57,12 +60,16 @@ import argparse  # noqa: E402
 import faulthandler  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -464,9 +471,7 @@ def run(args) -> dict:
     """Every decoder on both variants; the JSON object this script prints."""
     budget = Budget(args.budget_s)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda but torch sees no CUDA device")
+    if device.type == "cuda":  # parse_args made sure torch sees it
         torch.zeros(1, device=device)  # the context, before any clock
         sync(device)
     unique = make_files(args.unique, args.seed)
@@ -497,6 +502,13 @@ def run(args) -> dict:
 
 
 # -------------------------------------------------------------------------------- output
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 pass", "3 passes", "1 file", "2 files": `count` and `noun`, plural unless 1."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def cell(result: dict | None) -> tuple[str, str]:
@@ -532,23 +544,66 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+SEED_MAX = 2**32 - 1  # numpy's seed range (np.random.seed); torch's manual_seed takes it too
+DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def device_problem(text: str) -> str | None:
+    """Why `text` is no --device here (only cpu, cuda and cuda:N, N a CUDA device torch
+    sees), or None when it is one."""
+    if not DEVICE_RE.fullmatch(text):
+        return f"--device must be cpu, cuda or cuda:N, not {text!r}"
+    if text == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        return f"--device {text}: torch sees no CUDA device"
+    index, count = int(text.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        return f"--device {text}: torch sees {plural(count, 'CUDA device')} (cuda:0..{count - 1})"
+    return None
+
+
+def json_out_problem(path: str) -> str | None:
+    """Why --json-out `path` cannot be written, or None: a folder, or a file in a folder that
+    is missing or refuses a new file (tried with a temporary file beside it, removed at
+    once: the atomic write makes one there)."""
+    target = Path(path)
+    if target.is_dir():
+        return f"--json-out {path!r} is a folder; name a file"
+    folder = target.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.probe-"):
+            pass
+    except OSError as e:
+        return f"--json-out {path!r}: cannot write in {str(folder)!r} ({e.strerror or e})"
+    return None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line (module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The command line (module docstring); a bad flag is one line on stderr and exit 2."""
+    p = argparse.ArgumentParser(prog="gpu_decoders.py", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (cuda:N) or cpu")
     p.add_argument("--images", type=int, default=512, help="files decoded per pass")
     p.add_argument("--unique", type=int, default=64, help="distinct pictures among them")
     p.add_argument("--batch", type=int, default=256, help="files a batched call decodes")
     p.add_argument("--repeats", type=int, default=3, help="timed passes; the median counts")
-    p.add_argument("--seed", type=int, default=0, help="pictures and crop boxes")
+    p.add_argument("--seed", type=int, default=0,
+                   help=f"pictures and crop boxes, 0..{SEED_MAX}")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=45.0,
-                   help="stop measuring this many seconds after the start")  # fmt: skip
+                   help="stop measuring this many seconds after the start (above 0)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--json-out", metavar="FILE", help="also write it here after every decoder")
     args = p.parse_args(argv)
     for name in ("images", "unique", "batch", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if not 0 <= args.seed <= SEED_MAX:
+        p.error(f"--seed must be between 0 and {SEED_MAX} (numpy's seed range), not {args.seed}")
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        p.error(f"--budget-s must be a finite number of seconds above 0, not {args.budget_s:g}")
+    for problem in (device_problem(args.device), args.json_out and json_out_problem(args.json_out)):
+        if problem:
+            p.error(problem)
     args.unique = min(args.unique, args.images)
     return args
 

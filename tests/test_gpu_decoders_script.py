@@ -145,8 +145,62 @@ def test_crop_boxes_fit_their_files_and_leave_the_generator_alone(script):
 
 def test_a_spent_budget_skips_everything_and_the_json_file_matches(tmp_path):
     out = tmp_path / "decoders.json"
-    report = run_script(*TINY, "--budget-s", "0", "--json", "--json-out", str(out))
+    report = run_script(*TINY, "--budget-s", "0.5", "--json", "--json-out", str(out))
     assert json.loads(out.read_text()) == report
     assert report["finished"] is True
     for name in NAMES:
-        assert report["decoders"][name]["skipped"] == "the --budget-s of 0 s was spent"
+        assert report["decoders"][name]["skipped"] == "the --budget-s of 0.5 s was spent"
+
+
+def refused(script, capsys, *argv: str) -> str:
+    """parse_args(argv)'s one error line; fails unless it exits 2 with exactly that."""
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(["--device", "cpu", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: gpu_decoders.py") and "Traceback" not in "".join(err)
+    assert err[-1].startswith("gpu_decoders.py: error: ")
+    return err[-1].removeprefix("gpu_decoders.py: error: ")
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--device", "cpuu"], "--device must be cpu, cuda or cuda:N, not 'cpuu'"),
+    (["--device", ""], "--device must be cpu, cuda or cuda:N, not ''"),
+    (["--device", "meta"], "--device must be cpu, cuda or cuda:N, not 'meta'"),
+    (["--device", "cuda:x"], "--device must be cpu, cuda or cuda:N, not 'cuda:x'"),
+    (["--seed", "-1"], "--seed must be between 0 and 4294967295 (numpy's seed range), not -1"),
+    (["--seed", "99999999999999999999"],
+     "--seed must be between 0 and 4294967295 (numpy's seed range), not 99999999999999999999"),
+    (["--budget-s", "nan"], "--budget-s must be a finite number of seconds above 0, not nan"),
+    (["--budget-s", "inf"], "--budget-s must be a finite number of seconds above 0, not inf"),
+    (["--budget-s", "0"], "--budget-s must be a finite number of seconds above 0, not 0"),
+    (["--budget-s", "-2"], "--budget-s must be a finite number of seconds above 0, not -2"),
+])  # fmt: skip
+def test_bad_flags_are_one_line_and_exit_2(script, capsys, argv, line):
+    assert refused(script, capsys, *argv) == line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")
+def test_cuda_without_a_cuda_device_is_refused_at_the_start(script, capsys):
+    line = refused(script, capsys, "--device", "cuda:1")
+    assert line == "--device cuda:1: torch sees no CUDA device"
+
+
+def test_an_unwritable_json_out_is_refused_before_anything_is_measured(script, capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert refused(script, capsys, "--json-out", str(tmp_path)) == (
+        f"--json-out {str(tmp_path)!r} is a folder; name a file"
+    )
+    for path, why in [(tmp_path / "no" / "d.json", "No such file or directory"),
+                      (afile / "d.json", "Not a directory")]:  # fmt: skip
+        assert refused(script, capsys, "--json-out", str(path)) == (
+            f"--json-out {str(path)!r}: cannot write in {str(path.parent)!r} ({why})"
+        )
+    if Path("/sys").is_dir():  # not writable, even by root
+        assert refused(script, capsys, "--json-out", "/sys/d.json") == (
+            "--json-out '/sys/d.json': cannot write in '/sys' (Permission denied)"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the probe left nothing
+    ok = script.parse_args(["--device", "cpu", "--json-out", str(tmp_path / "d.json")])
+    assert ok.json_out == str(tmp_path / "d.json") and sorted(tmp_path.iterdir()) == [afile]

@@ -1,5 +1,6 @@
-"""JPEG decoders side by side on the same in-memory files: images/s, and how far each one's
-pixels are from PIL's (the `cpu` decode mode's libjpeg).
+"""Decode the same in-memory baseline and progressive JPEG files with torchvision, nvImageCodec
+and DALI, side by side: each decoder's images/s, and how far its pixels are from PIL's (the
+`cpu` decode mode's libjpeg).
 
     python3 benchmarks/gpu_decoders.py [--device cuda] [--images 512] [--batch 256]
         [--repeats 3] [--unique 64] [--budget-s 45] [--json]
@@ -548,6 +549,11 @@ SEED_MAX = 2**32 - 1  # numpy's seed range (np.random.seed); torch's manual_seed
 DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 
 
+def description() -> str:
+    """--help's description: the module docstring's first paragraph, in one line."""
+    return " ".join(__doc__.split("\n\n")[0].split())
+
+
 def device_problem(text: str) -> str | None:
     """Why `text` is no --device here (only cpu, cuda and cuda:N, N a CUDA device torch
     sees), or None when it is one."""
@@ -581,7 +587,7 @@ def json_out_problem(path: str) -> str | None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line (module docstring); a bad flag is one line on stderr and exit 2."""
-    p = argparse.ArgumentParser(prog="gpu_decoders.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="gpu_decoders.py", description=description())
     p.add_argument("--device", default="cuda", help="cuda (cuda:N) or cpu")
     p.add_argument("--images", type=int, default=512, help="files decoded per pass")
     p.add_argument("--unique", type=int, default=64, help="distinct pictures among them")

@@ -204,3 +204,12 @@ def test_an_unwritable_json_out_is_refused_before_anything_is_measured(script, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # the probe left nothing
     ok = script.parse_args(["--device", "cpu", "--json-out", str(tmp_path / "d.json")])
     assert ok.json_out == str(tmp_path / "d.json") and sorted(tmp_path.iterdir()) == [afile]
+
+
+def test_help_describes_the_script_in_a_whole_sentence(script, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    first = " ".join(script.__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
+    assert first.endswith(".") and "usage: gpu_decoders.py " in text and first in text

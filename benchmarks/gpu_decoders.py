@@ -45,7 +45,8 @@ other than cpu, cuda or cuda:N (a CUDA device torch sees), --seed outside numpy'
 file. A decoder that does not import or fails is recorded with a one-line reason; a file it cannot
 decode (None from nvImageCodec) fails that variant. Everything stops within --budget-s of the
 start: a variant that would start after the budget is spent is recorded as skipped, and a
-variant stops repeating when another pass would overrun it. --json prints one JSON object;
+variant stops repeating when another pass would overrun it. --json prints one JSON object
+(strict JSON: a number that is not finite is null, with "<key>_null" saying why);
 otherwise a table. --json-out FILE also writes that object to FILE after every decoder
 ("finished": false until the last), so that a run killed from outside or crashed by a
 library keeps what it had measured; a line on stderr says when each decoder is done.
@@ -498,11 +499,35 @@ def run(args) -> dict:
         if dec is DECODERS[-1]:
             report["finished"] = True
         if args.json_out:
-            atomic_write_text(args.json_out, json.dumps(report, indent=1) + "\n")
+            atomic_write_text(args.json_out, to_json(report) + "\n")
     return report
 
 
 # -------------------------------------------------------------------------------- output
+
+
+def finite(value, reasons: dict | None = None, key: str = ""):
+    """`value` (the report, or any part of it) with every float that is not finite (NaN, inf)
+    replaced by None; where it was a dict's value under `key`, that dict also gets
+    "<key>_null": "not a finite number (nan)" beside it. New objects; `value` is untouched."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if reasons is not None:
+            reasons[f"{key}_null"] = f"not a finite number ({value})"
+        return None
+    if isinstance(value, dict):
+        out: dict = {}
+        for k, v in value.items():
+            out[k] = finite(v, out, str(k))
+        return out
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(report: dict) -> str:
+    """The report as strict JSON (no NaN or Infinity, which json.loads takes but JSON does not
+    allow): finite() first, then json.dumps with allow_nan=False, indented by 1."""
+    return json.dumps(finite(report), indent=1, allow_nan=False)
 
 
 def plural(count: int, noun: str) -> str:
@@ -619,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     faulthandler.enable()  # a library's crash leaves a stack on stderr
     report = run(args)
-    print(json.dumps(report, indent=1) if args.json else table(report))
+    print(to_json(report) if args.json else table(report))
     sys.stdout.flush()
 
 

@@ -213,3 +213,17 @@ def test_help_describes_the_script_in_a_whole_sentence(script, capsys):
     text = " ".join(capsys.readouterr().out.split())
     first = " ".join(script.__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
     assert first.endswith(".") and "usage: gpu_decoders.py " in text and first in text
+
+
+def test_the_json_is_strict_non_finite_numbers_are_null_with_a_reason(script):
+    report = {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": -float("inf"), "e": 2}}
+    text = script.to_json(report)
+
+    def refuse(name: str):
+        raise AssertionError(f"{name} in the JSON")
+
+    assert json.loads(text, parse_constant=refuse) == {
+        "a": None, "a_null": "not a finite number (nan)", "b": [1.5, None],
+        "c": {"d": None, "d_null": "not a finite number (-inf)", "e": 2},
+    }  # fmt: skip
+    assert report["a"] != report["a"] and report["b"][1] == float("inf")  # left as it was

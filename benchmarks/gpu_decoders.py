@@ -8,8 +8,9 @@ and DALI, side by side: each decoder's images/s, and how far its pixels are from
 Files: --unique ImageNet-like pictures (rn50.data.photos.imagenet_like_images: crops of real
 photos, 500x375 or 375x500, seed --seed), each encoded twice by PIL at quality 90 with 4:2:0
 chroma: baseline (SOF0) and progressive (SOF2; Hopper's hardware JPEG engines take only
-baseline). They are repeated to --images files; a decoder keeps nothing from one file to the
-next, so its rate is the rate on as many distinct files.
+baseline). They are repeated to --images files (a decoder's inputs are made once for each
+distinct file, and repeated with it); a decoder keeps nothing from one file to the next, so
+its rate is the rate on as many distinct files.
 
 Decoders, each on the baseline and on the progressive files, in this order (the candidates
 for `decode: gpu` first, the known slow ones last, for the budget):
@@ -22,7 +23,8 @@ for `decode: gpu` first, the known slow ones last, for the budget):
   (BackendKind.HW_GPU_ONLY), only the CUDA one (GPU_ONLY), and every backend (its default),
   a batch a call;
 - nvimgcodec-roi-hw, nvimgcodec-roi: the same batches, each file decoded only inside a
-  RandomResizedCrop box (rn50.data.decode.sample_crop, seeded; a Region of the CodeStream),
+  RandomResizedCrop box (rn50.data.decode.sample_crop, seeded, one for each distinct file,
+  repeated with it; a Region of the CodeStream),
   the hardware backend alone and every backend: training only needs that box;
 - dali-mixed: DALI's fn.decoders.image with device "mixed"; dali-slice: fn.decoders.image_slice,
   mixed, with the same crop boxes given as inputs;
@@ -32,21 +34,27 @@ for `decode: gpu` first, the known slow ones last, for the budget):
 
 Timing: the bytes are in memory before the clock starts (torchvision's as CPU uint8 tensors,
 as the loader's workers hand them over); nvImageCodec's CodeStream objects are made inside the
-timed region, as a training path would make them for every batch. One untimed pass over the
-first batch (allocations, handles, and the pixels compared below), then --repeats passes over
-all the files, each between two device synchronizations; images/s is --images / the median
-pass. Pixels: the decoded first batch (at most --unique distinct files) against PIL's decode of
-the same files (cropped to the box for the ROI decoders): mean and max absolute difference,
-uint8 levels.
+timed region, as a training path would make them for every batch. Untimed for the rate: one
+file (the decoder's set-up), that file again (to judge whether the first batch fits in the
+budget), and the first batch (allocations, handles, and the pixels compared below); then
+--repeats passes over all the files, each between two device synchronizations; images/s is
+--images / the median pass. Pixels: the decoded first batch (at most --unique distinct files)
+against PIL's decode of the same files (cropped to the box for the ROI decoders): mean and
+max absolute difference, uint8 levels.
 
 A bad flag is one line on stderr and exit 2, before anything is made or measured: --device
 other than cpu, cuda or cuda:N (a CUDA device torch sees), --seed outside numpy's 0..2**32-1,
 --budget-s not a finite number above 0, --json-out a folder or in a folder that takes no new
 file. A decoder that does not import or fails is recorded with a one-line reason; a file it cannot
 decode (None from nvImageCodec) fails that variant. Everything stops within --budget-s of the
-start: a variant that would start after the budget is spent is recorded as skipped, and a
-variant stops repeating when another pass would overrun it. --json prints one JSON object
-(strict JSON: a number that is not finite is null, with "<key>_null" saying why);
+start (the imports and the CUDA context count), give or take what cannot be cut short: no
+picture, decoder or variant is started with less than a second of it left (else "skipped"),
+no first batch or pass when it would overrun it (judged from the file decoded alone or from
+the previous pass), and the pixel check stops once it is spent; what is left over is one
+picture's making, a decoder's set-up with its first file, or a pass that runs longer than
+the one before it: at most about a second past --budget-s on a CPU (more where a library is
+slow to start, or where the imports alone take longer than --budget-s). --json prints one
+JSON object (strict JSON: a number that is not finite is null, with "<key>_null" saying why);
 otherwise a table. --json-out FILE also writes that object to FILE after every decoder
 ("finished": false until the last), so that a run killed from outside or crashed by a
 library keeps what it had measured; a line on stderr says when each decoder is done.
@@ -95,6 +103,32 @@ class Unavailable(Exception):
     """A decoder that cannot run here; its message is the one-line reason."""
 
 
+# The budget's reserve: no picture, decoder or variant is started with less than this left.
+RESERVE_S = 1.0
+
+
+class Budget:
+    """Seconds left of `seconds` counted from the script's start (imports included)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def used(self) -> float:
+        """Seconds since the script started."""
+        return time.monotonic() - START
+
+    def left(self) -> float:
+        """Seconds left (negative once overrun)."""
+        return self.seconds - self.used()
+
+
+def repeat_to(items: list, count: int) -> list:
+    """`items` cycled to `count` entries (the same objects again, not copies); [] if empty."""
+    if not items:
+        return []
+    return (items * -(-count // len(items)))[:count]
+
+
 # ---------------------------------------------------------------------------------- files
 
 
@@ -117,11 +151,19 @@ def sof_marker(data: bytes) -> int:
     raise ValueError("no SOF marker before the end")
 
 
-def make_files(unique: int, seed: int = 0, quality: int = 90) -> dict[str, list[bytes]]:
+def make_files(
+    unique: int, seed: int = 0, quality: int = 90, budget: Budget | None = None
+) -> dict[str, list[bytes]]:
     """{"baseline": [JPEG bytes] * unique, "progressive": [...]}: the same pictures
-    (imagenet_like_images(unique, seed)) encoded by PIL both ways, 4:2:0, at `quality`."""
+    (imagenet_like_images(unique, seed)) encoded by PIL both ways, 4:2:0, at `quality`.
+    With a `budget`, no picture is started with less than RESERVE_S of it left: the lists
+    are then shorter (as short as empty)."""
     files: dict[str, list[bytes]] = {v: [] for v in VARIANTS}
-    for img in imagenet_like_images(unique, seed):
+    pictures = imagenet_like_images(unique, seed)
+    for _ in range(unique):
+        if budget is not None and budget.left() < RESERVE_S:
+            break
+        img = next(pictures)  # the first one loads the bundled photos too
         for variant in VARIANTS:
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=quality, subsampling="4:2:0",
@@ -138,7 +180,9 @@ def pil_pixels(data: bytes) -> np.ndarray:
 
 def draw_boxes(datas: Sequence[bytes], seed: int) -> list[tuple[int, int, int, int]]:
     """A RandomResizedCrop box (top, left, h, w) for each file, drawn as training draws them
-    (rn50.data.decode.sample_crop, scale 0.08..1) from torch's generator seeded `seed`."""
+    (rn50.data.decode.sample_crop, scale 0.08..1) from torch's generator seeded `seed`.
+    run() draws them for the distinct files only, and they repeat with them: --images
+    boxes would cost a PIL header read each, before any budget check."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -340,26 +384,17 @@ NAMES = tuple(d.name for d in DECODERS)
 # ------------------------------------------------------------------------------ measuring
 
 
-class Budget:
-    """Seconds left of `seconds` counted from the script's start (imports included)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def used(self) -> float:
-        """Seconds since the script started."""
-        return time.monotonic() - START
-
-    def left(self) -> float:
-        """Seconds left (negative once overrun)."""
-        return self.seconds - self.used()
-
-
-def pixel_diff(runner: Runner, outputs: list, datas: list[bytes], boxes: list) -> dict:
+def pixel_diff(
+    runner: Runner, outputs: list, datas: list[bytes], boxes: list, budget: Budget | None = None
+) -> dict:
     """Mean and max absolute difference (uint8 levels) of `outputs` against PIL's decode of
-    `datas` (cropped to `boxes` for a decoder of crops), over every pixel and channel."""
-    total, count, worst = 0.0, 0, 0
+    `datas` (cropped to `boxes` for a decoder of crops), over every pixel and channel; with a
+    `budget`, the files after the first stop once it is spent ("images": how many counted)."""
+    total, count, worst, checked = 0.0, 0, 0, 0
     for out, data, (top, left, h, w) in zip(outputs, datas, boxes, strict=True):
+        if checked and budget is not None and budget.left() < 0:
+            break
+        checked += 1
         ref = pil_pixels(data)
         if runner.crops:
             ref = ref[top : top + h, left : left + w]
@@ -371,7 +406,7 @@ def pixel_diff(runner: Runner, outputs: list, datas: list[bytes], boxes: list) -
         count += diff.size
         worst = max(worst, int(diff.max()))
     mean = round(total / count, 4)
-    return {"mean_abs_diff": mean, "max_abs_diff": worst, "images": len(outputs)}
+    return {"mean_abs_diff": mean, "max_abs_diff": worst, "images": checked}
 
 
 def _not_decoded(outputs: list) -> int:
@@ -391,43 +426,63 @@ def one_pass(runner: Runner, batches: list[list], device: torch.device) -> float
     return time.perf_counter() - t0
 
 
-def measure(runner: Runner, datas: list[bytes], boxes: list, args, budget: Budget) -> dict:
-    """One decoder on one variant's files: the first batch, untimed for the rate but its
-    seconds kept ("first_batch_s": set-up included) and its pixels compared with PIL's; then
-    up to args.repeats timed passes over all the files while the budget lasts (a pass that
-    would overrun it, judged from the previous pass or the first batch, is not started)."""
-    device = torch.device(args.device)
-    inputs = runner.prepare(datas, boxes)
-    batches = [inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)]
+def _timed(runner: Runner, batch: list, device: torch.device) -> tuple[list, float]:
     sync(device)
     t0 = time.perf_counter()
-    first = runner.decode(batches[0])
+    out = runner.decode(batch)
     sync(device)
-    result: dict = {"first_batch_s": round(time.perf_counter() - t0, 5)}
+    return out, time.perf_counter() - t0
+
+
+def measure(runner: Runner, datas: list[bytes], boxes: list, args, budget: Budget) -> dict:
+    """One decoder on one variant's distinct files `datas` (and their crop `boxes`), cycled to
+    args.images: one file, untimed for the rate ("setup_s": set-up included), then once more
+    to judge whether the first batch fits in the budget; the first batch, untimed for the rate
+    but its seconds kept ("first_batch_s") and its pixels compared with PIL's; then up to
+    args.repeats timed passes over all the files while the budget lasts (a pass that would
+    overrun it, judged from the previous pass or the first batch, is not started)."""
+    device = torch.device(args.device)
+    inputs = repeat_to(runner.prepare(datas, boxes), args.images)  # prepared once a file
+    batches = [inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)]
+    first, setup_s = _timed(runner, batches[0][:1], device)
+    result: dict = {"setup_s": round(setup_s, 5)}
+    if not _not_decoded(first):
+        _, one_s = _timed(runner, batches[0][:1], device)
+        guess = one_s * len(batches[0])
+        if budget.left() < guess:
+            result["note"] = f"the first batch (about {guess:.1f} s) would overrun the budget"
+            return result
+        first, seconds = _timed(runner, batches[0], device)
+        result["first_batch_s"] = round(seconds, 5)
     missing = _not_decoded(first)
     if missing:
         return {"error": f"{missing} of {len(first)} files not decoded (None)", **result}
-    checked = min(len(first), args.unique)
-    result["pixels"] = pixel_diff(runner, first[:checked], datas[:checked], boxes[:checked])
+    checked = min(len(first), len(datas))
+    result["pixels"] = pixel_diff(runner, first[:checked], datas[:checked], boxes[:checked],
+                                  budget)  # fmt: skip
     del first
     times: list[float] = []
     while len(times) < args.repeats:
         expected = max(times) if times else result["first_batch_s"] * len(batches)
         if budget.left() < expected:
-            result["note"] = f"{len(times)} of {args.repeats} passes: the budget was spent"
+            result["note"] = (
+                f"{len(times)} of {plural(args.repeats, 'pass')}: another (about"
+                f" {expected:.1f} s) would overrun the budget"
+            )
             break
         times.append(one_pass(runner, batches, device))
     if times:
-        img_s = len(datas) / statistics.median(times)
+        img_s = len(inputs) / statistics.median(times)
         result.update(img_s=round(img_s, 1), passes_s=[round(t, 5) for t in times])
     return result
 
 
 def run_decoder(dec: Decoder, files: dict, boxes: dict, args, budget: Budget) -> dict:
-    """`dec`'s entry: "what", and per variant its measure() or {"error"/"skipped": reason};
-    or "unavailable" with the reason when it cannot run here at all."""
+    """`dec`'s entry on the distinct `files` and their `boxes` (per variant): "what", and per
+    variant its measure() or {"error"/"skipped": reason}; or "unavailable" with the reason
+    when it cannot run here at all."""
     entry: dict = {"what": dec.what}
-    if budget.left() < 1:
+    if budget.left() < RESERVE_S:
         entry["skipped"] = f"the --budget-s of {args.budget_s:g} s was spent"
         return entry
     device = torch.device(args.device)
@@ -441,7 +496,7 @@ def run_decoder(dec: Decoder, files: dict, boxes: dict, args, budget: Budget) ->
         return entry
     entry.update(runner.notes)
     for variant in VARIANTS:
-        if budget.left() < 1:
+        if budget.left() < RESERVE_S:
             entry[variant] = {"skipped": f"the --budget-s of {args.budget_s:g} s was spent"}
             continue
         try:
@@ -454,17 +509,18 @@ def run_decoder(dec: Decoder, files: dict, boxes: dict, args, budget: Budget) ->
     return entry
 
 
-def files_summary(files: dict, unique: dict) -> dict:
-    """Per variant: files, distinct files, mean bytes, and the frame marker(s) they carry."""
+def files_summary(unique: dict, images: int) -> dict:
+    """Per variant: files a pass decodes, distinct files (fewer than --unique where the budget
+    stopped their making), mean bytes (None without files), and the frame marker(s)."""
     names = {0xC0: "SOF0", 0xC1: "SOF1", 0xC2: "SOF2"}
     out = {}
     for variant in VARIANTS:
-        markers = sorted({names.get(m, hex(m)) for m in map(sof_marker, unique[variant])})
+        datas = unique[variant]
         out[variant] = {
-            "files": len(files[variant]),
-            "distinct": len(unique[variant]),
-            "mean_bytes": round(float(np.mean([len(d) for d in unique[variant]]))),
-            "sof": markers,
+            "files": images,
+            "distinct": len(datas),
+            "mean_bytes": round(sum(map(len, datas)) / len(datas)) if datas else None,
+            "sof": sorted({names.get(m, hex(m)) for m in map(sof_marker, datas)}),
         }
     return out
 
@@ -476,9 +532,8 @@ def run(args) -> dict:
     if device.type == "cuda":  # parse_args made sure torch sees it
         torch.zeros(1, device=device)  # the context, before any clock
         sync(device)
-    unique = make_files(args.unique, args.seed)
-    files = {v: [unique[v][i % args.unique] for i in range(args.images)] for v in VARIANTS}
-    boxes = {v: draw_boxes(files[v], args.seed) for v in VARIANTS}
+    unique = make_files(args.unique, args.seed, budget=budget)
+    boxes = {v: draw_boxes(unique[v], args.seed) for v in VARIANTS}
     report = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -488,12 +543,18 @@ def run(args) -> dict:
         "batch": args.batch,
         "repeats": args.repeats,
         "budget_s": args.budget_s,
-        "files": files_summary(files, unique),
+        "files": files_summary(unique, args.images),
         "decoders": {},
         "finished": False,
     }
+    made = len(unique["baseline"])
+    if made < args.unique:  # then every decoder is skipped too: less than RESERVE_S is left
+        report["note"] = (
+            f"the --budget-s of {args.budget_s:g} s was spent making the files:"
+            f" {made} of {args.unique} distinct pictures made"
+        )
     for dec in DECODERS:
-        report["decoders"][dec.name] = run_decoder(dec, files, boxes, args, budget)
+        report["decoders"][dec.name] = run_decoder(dec, unique, boxes, args, budget)
         report["elapsed_s"] = round(budget.used(), 2)
         print(f"gpu_decoders: {dec.name} done at {report['elapsed_s']} s", file=sys.stderr)
         if dec is DECODERS[-1]:
@@ -551,10 +612,15 @@ def cell(result: dict | None) -> tuple[str, str]:
 def table(report: dict) -> str:
     """The report as a readable table: images/s and pixels vs PIL (mean / max), per variant."""
     files = report["files"]
+
+    def size(variant: str) -> str:
+        mean = files[variant]["mean_bytes"]
+        return "-" if mean is None else f"{mean} B"
+
     lines = [
         f"{report['device_name']} ({report['device']}), {report['cores']} cores, torch "
         f"{report['torch']}; {report['images']} files ({files['baseline']['distinct']} distinct,"
-        f" {files['baseline']['mean_bytes']} B baseline, {files['progressive']['mean_bytes']} B"
+        f" {size('baseline')} baseline, {size('progressive')}"
         f" progressive), batch {report['batch']}, median of {report['repeats']} passes;"
         f" {report['elapsed_s']} s",
         "decoder | baseline img/s | pixels vs PIL | progressive img/s | pixels vs PIL",
@@ -567,6 +633,8 @@ def table(report: dict) -> str:
         rate_b, px_b = cell(entry.get("baseline"))
         rate_p, px_p = cell(entry.get("progressive"))
         lines.append(f"{name} | {rate_b} | {px_b} | {rate_p} | {px_p}")
+    if report.get("note"):
+        lines.append(report["note"])
     return "\n".join(lines)
 
 

@@ -220,9 +220,18 @@ def _tv_prepare(datas: list[bytes], boxes: list) -> list[torch.Tensor]:
     return [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
 
 
+def _check_torchvision(device: torch.device):
+    """torchvision and torchvision.io, when they import; else raises Unavailable."""
+    try:
+        import torchvision
+        import torchvision.io as tio
+    except Exception as e:  # ImportError, or its C++ extension failing to load
+        raise Unavailable(f"not importable: {error_text(e)}") from None
+    return torchvision, tio
+
+
 def _torchvision(device: torch.device, batched: bool) -> Runner:
-    import torchvision
-    import torchvision.io as tio
+    torchvision, tio = _check_torchvision(device)
 
     # torchvision 0.29+ deprecates its image codecs in favour of TorchCodec's; they still work.
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
@@ -245,12 +254,19 @@ def _import_nvimgcodec():
     return nvimgcodec
 
 
+def _check_nvimgcodec(device: torch.device, kind: str | None):
+    """nvImageCodec's module, when it imports and BackendKind `kind` can run on `device`;
+    else raises Unavailable."""
+    nv = _import_nvimgcodec()
+    if device.type != "cuda" and kind != "CPU_ONLY":
+        raise Unavailable(f"needs a CUDA device (--device {device.type})")
+    return nv
+
+
 def _nvimgcodec(device: torch.device, kind: str | None, roi: bool) -> Runner:
     """nvImageCodec's Decoder limited to BackendKind `kind` (None: every backend)."""
-    nv = _import_nvimgcodec()
+    nv = _check_nvimgcodec(device, kind)
     on_cpu = kind == "CPU_ONLY"
-    if device.type != "cuda" and not on_cpu:
-        raise Unavailable(f"needs a CUDA device (--device {device.type})")
     backends = None if kind is None else [nv.Backend(getattr(nv.BackendKind, kind))]
     device_id = nv.NVIMGCODEC_DEVICE_CPU_ONLY if on_cpu else (device.index or 0)
     decoder = nv.Decoder(device_id=device_id, backends=backends)
@@ -281,7 +297,9 @@ def _nvimgcodec(device: torch.device, kind: str | None, roi: bool) -> Runner:
     return Runner(prepare, decode, pixels, crops=roi, notes=notes)
 
 
-def _dali(device: torch.device, slice_: bool, batch: int) -> Runner:
+def _check_dali(device: torch.device):
+    """DALI's modules (dali, fn, types, Pipeline), when they import and `device` is a CUDA
+    one (decoding with device "mixed" needs it); else raises Unavailable."""
     try:
         import nvidia.dali as dali
         from nvidia.dali import fn, types
@@ -290,6 +308,11 @@ def _dali(device: torch.device, slice_: bool, batch: int) -> Runner:
         raise Unavailable(f"{DALI_NOT_CARRIED}; {error_text(e)}") from None
     if device.type != "cuda":
         raise Unavailable(f"device 'mixed' needs a CUDA device (--device {device.type})")
+    return dali, fn, types, Pipeline
+
+
+def _dali(device: torch.device, slice_: bool, batch: int) -> Runner:
+    dali, fn, types, Pipeline = _check_dali(device)
     threads = max(1, min(8, len(os.sched_getaffinity(0))))
     pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=device.index or 0,
                     prefetch_queue_depth=1)  # fmt: skip
@@ -348,35 +371,54 @@ class _HostCopy:
 
 @dataclass
 class Decoder:
-    """A decoder this script measures: its name, what it is, and how to make its Runner."""
+    """A decoder this script measures: its name, what it is, how to make its Runner (device,
+    batch), and `check`, which raises Unavailable when it cannot run on the device here (a
+    library that does not import, a CUDA-only decoder on the CPU) without making anything."""
 
     name: str
     what: str
     make: Callable[[torch.device, int], Runner]
+    check: Callable[[torch.device], object]
+
+    def unavailable(self, device: torch.device) -> str | None:
+        """Why it cannot run on `device` (check's one line), or None when it can."""
+        try:
+            self.check(device)
+        except Unavailable as e:
+            return str(e)
+        return None
 
 
 # In this order: the candidates for `decode: gpu` first, the known slow ones last (the budget).
 DECODERS = (
     Decoder("torchvision-batched", "torchvision decode_jpeg(list, device=...), a batch a call",
-            lambda d, b: _torchvision(d, batched=True)),
+            lambda d, b: _torchvision(d, batched=True), check=_check_torchvision),
     Decoder("nvimgcodec-hw", "nvImageCodec Decoder, BackendKind.HW_GPU_ONLY, a batch a call",
-            lambda d, b: _nvimgcodec(d, "HW_GPU_ONLY", roi=False)),
+            lambda d, b: _nvimgcodec(d, "HW_GPU_ONLY", roi=False),
+            check=lambda d: _check_nvimgcodec(d, "HW_GPU_ONLY")),
     Decoder("nvimgcodec-gpu", "nvImageCodec Decoder, BackendKind.GPU_ONLY (CUDA), a batch a call",
-            lambda d, b: _nvimgcodec(d, "GPU_ONLY", roi=False)),
+            lambda d, b: _nvimgcodec(d, "GPU_ONLY", roi=False),
+            check=lambda d: _check_nvimgcodec(d, "GPU_ONLY")),
     Decoder("nvimgcodec-default", "nvImageCodec Decoder, every backend, a batch a call",
-            lambda d, b: _nvimgcodec(d, None, roi=False)),
+            lambda d, b: _nvimgcodec(d, None, roi=False),
+            check=lambda d: _check_nvimgcodec(d, None)),
     Decoder("nvimgcodec-roi-hw", "nvImageCodec, HW_GPU_ONLY, each file's crop box only (Region)",
-            lambda d, b: _nvimgcodec(d, "HW_GPU_ONLY", roi=True)),
+            lambda d, b: _nvimgcodec(d, "HW_GPU_ONLY", roi=True),
+            check=lambda d: _check_nvimgcodec(d, "HW_GPU_ONLY")),
     Decoder("nvimgcodec-roi", "nvImageCodec, every backend, each file's crop box only (Region)",
-            lambda d, b: _nvimgcodec(d, None, roi=True)),
+            lambda d, b: _nvimgcodec(d, None, roi=True),
+            check=lambda d: _check_nvimgcodec(d, None)),
     Decoder("dali-mixed", "DALI fn.decoders.image, device mixed, a batch a run",
-            lambda d, b: _dali(d, slice_=False, batch=b)),
+            lambda d, b: _dali(d, slice_=False, batch=b),
+            check=_check_dali),
     Decoder("dali-slice", "DALI fn.decoders.image_slice, mixed, each file's crop box",
-            lambda d, b: _dali(d, slice_=True, batch=b)),
+            lambda d, b: _dali(d, slice_=True, batch=b),
+            check=_check_dali),
     Decoder("torchvision-single", "torchvision decode_jpeg(tensor, device=...), a file a call",
-            lambda d, b: _torchvision(d, batched=False)),
+            lambda d, b: _torchvision(d, batched=False), check=_check_torchvision),
     Decoder("nvimgcodec-cpu", "nvImageCodec Decoder, BackendKind.CPU_ONLY (libjpeg-turbo)",
-            lambda d, b: _nvimgcodec(d, "CPU_ONLY", roi=False)),
+            lambda d, b: _nvimgcodec(d, "CPU_ONLY", roi=False),
+            check=lambda d: _check_nvimgcodec(d, "CPU_ONLY")),
 )  # fmt: skip
 NAMES = tuple(d.name for d in DECODERS)
 
@@ -477,11 +519,17 @@ def measure(runner: Runner, datas: list[bytes], boxes: list, args, budget: Budge
     return result
 
 
-def run_decoder(dec: Decoder, files: dict, boxes: dict, args, budget: Budget) -> dict:
+def run_decoder(
+    dec: Decoder, files: dict, boxes: dict, args, budget: Budget, unavailable: str | None
+) -> dict:
     """`dec`'s entry on the distinct `files` and their `boxes` (per variant): "what", and per
     variant its measure() or {"error"/"skipped": reason}; or "unavailable" with the reason
-    when it cannot run here at all."""
+    when it cannot run here at all (`unavailable`: dec.unavailable(), found before the
+    budget, so that it is said even when the budget is spent)."""
     entry: dict = {"what": dec.what}
+    if unavailable:
+        entry["unavailable"] = unavailable
+        return entry
     if budget.left() < RESERVE_S:
         entry["skipped"] = f"the --budget-s of {args.budget_s:g} s was spent"
         return entry
@@ -532,6 +580,9 @@ def run(args) -> dict:
     if device.type == "cuda":  # parse_args made sure torch sees it
         torch.zeros(1, device=device)  # the context, before any clock
         sync(device)
+    # Which decoders can run here, first: the imports count in the budget, and a decoder
+    # that cannot run is said to be so even where the budget is spent before its turn.
+    unavailable = {dec.name: dec.unavailable(device) for dec in DECODERS}
     unique = make_files(args.unique, args.seed, budget=budget)
     boxes = {v: draw_boxes(unique[v], args.seed) for v in VARIANTS}
     report = {
@@ -554,7 +605,8 @@ def run(args) -> dict:
             f" {made} of {args.unique} distinct pictures made"
         )
     for dec in DECODERS:
-        report["decoders"][dec.name] = run_decoder(dec, unique, boxes, args, budget)
+        report["decoders"][dec.name] = run_decoder(dec, unique, boxes, args, budget,
+                                                   unavailable[dec.name])
         report["elapsed_s"] = round(budget.used(), 2)
         print(f"gpu_decoders: {dec.name} done at {report['elapsed_s']} s", file=sys.stderr)
         if dec is DECODERS[-1]:

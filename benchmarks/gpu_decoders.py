@@ -651,14 +651,16 @@ def plural(count: int, noun: str) -> str:
 
 
 def cell(result: dict | None) -> tuple[str, str]:
-    """(images/s, pixels) cells of one variant's result."""
+    """(images/s with the number of passes it is the median of, pixels) cells of one
+    variant's result."""
     if not result:
         return "-", "-"
     if "img_s" not in result:
         reason = result.get("error") or result.get("skipped") or result.get("note") or "-"
         return reason[:60], "-"
     px = result["pixels"]
-    return f"{result['img_s']:.1f}", f"{px['mean_abs_diff']:.2f} / {px['max_abs_diff']}"
+    rate = f"{result['img_s']:.1f} ({len(result['passes_s'])} passes)"
+    return rate, f"{px['mean_abs_diff']:.2f} / {px['max_abs_diff']}"
 
 
 def table(report: dict) -> str:
@@ -673,8 +675,8 @@ def table(report: dict) -> str:
         f"{report['device_name']} ({report['device']}), {report['cores']} cores, torch "
         f"{report['torch']}; {report['images']} files ({files['baseline']['distinct']} distinct,"
         f" {size('baseline')} baseline, {size('progressive')}"
-        f" progressive), batch {report['batch']}, median of {report['repeats']} passes;"
-        f" {report['elapsed_s']} s",
+        f" progressive), batch {report['batch']}; img/s: the median of the passes run (in"
+        f" brackets; --repeats {report['repeats']}); {report['elapsed_s']} s",
         "decoder | baseline img/s | pixels vs PIL | progressive img/s | pixels vs PIL",
     ]
     for name, entry in report["decoders"].items():

@@ -265,3 +265,27 @@ def test_the_json_is_strict_non_finite_numbers_are_null_with_a_reason(script):
         "c": {"d": None, "d_null": "not a finite number (-inf)", "e": 2},
     }  # fmt: skip
     assert report["a"] != report["a"] and report["b"][1] == float("inf")  # left as it was
+
+
+def a_report(passes: int, **top) -> dict:
+    """A report as run() makes it, torchvision-batched measured with `passes` passes."""
+    measured = {"img_s": 1234.5, "passes_s": [0.4] * passes, "first_batch_s": 0.5,
+                "pixels": {"mean_abs_diff": 0.0, "max_abs_diff": 0, "images": 4}}  # fmt: skip
+    files = {"files": 8, "distinct": 4, "mean_bytes": 45000, "sof": ["SOF0"]}
+    return {
+        "device": "cpu", "device_name": "cpu", "torch": "2.x", "cores": 2, "images": 8,
+        "batch": 4, "repeats": 100000, "budget_s": 5.0, "elapsed_s": 4.9,
+        "files": {"baseline": files, "progressive": files},
+        "decoders": {"torchvision-batched": {"what": "-", "baseline": measured,
+                                             "progressive": {"skipped": "the budget"}}},
+        "finished": True, **top,
+    }  # fmt: skip
+
+
+def test_the_table_says_how_many_passes_each_decoder_ran(script):
+    text = script.table(a_report(passes=3))
+    assert "median of 100000 passes" not in text
+    assert "img/s: the median of the passes run (in brackets; --repeats 100000)" in text
+    assert text.splitlines()[-1] == (
+        "torchvision-batched | 1234.5 (3 passes) | 0.00 / 0 | the budget | -"
+    )

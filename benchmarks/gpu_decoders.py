@@ -463,7 +463,7 @@ def one_pass(runner: Runner, batches: list[list], device: torch.device) -> float
     for batch in batches:
         out = runner.decode(batch)
         if _not_decoded(out):
-            raise RuntimeError(f"{_not_decoded(out)} of {len(out)} files not decoded")
+            raise RuntimeError(f"{_not_decoded(out)} of {plural(len(out), 'file')} not decoded")
     sync(device)
     return time.perf_counter() - t0
 
@@ -498,7 +498,7 @@ def measure(runner: Runner, datas: list[bytes], boxes: list, args, budget: Budge
         result["first_batch_s"] = round(seconds, 5)
     missing = _not_decoded(first)
     if missing:
-        return {"error": f"{missing} of {len(first)} files not decoded (None)", **result}
+        return {"error": f"{missing} of {plural(len(first), 'file')} not decoded (None)", **result}
     checked = min(len(first), len(datas))
     result["pixels"] = pixel_diff(runner, first[:checked], datas[:checked], boxes[:checked],
                                   budget)  # fmt: skip
@@ -602,7 +602,7 @@ def run(args) -> dict:
     if made < args.unique:  # then every decoder is skipped too: less than RESERVE_S is left
         report["note"] = (
             f"the --budget-s of {args.budget_s:g} s was spent making the files:"
-            f" {made} of {args.unique} distinct pictures made"
+            f" {made} of {plural(args.unique, 'distinct picture')} made"
         )
     for dec in DECODERS:
         report["decoders"][dec.name] = run_decoder(dec, unique, boxes, args, budget,
@@ -659,7 +659,7 @@ def cell(result: dict | None) -> tuple[str, str]:
         reason = result.get("error") or result.get("skipped") or result.get("note") or "-"
         return reason[:60], "-"
     px = result["pixels"]
-    rate = f"{result['img_s']:.1f} ({len(result['passes_s'])} passes)"
+    rate = f"{result['img_s']:.1f} ({plural(len(result['passes_s']), 'pass')})"
     return rate, f"{px['mean_abs_diff']:.2f} / {px['max_abs_diff']}"
 
 
@@ -672,8 +672,9 @@ def table(report: dict) -> str:
         return "-" if mean is None else f"{mean} B"
 
     lines = [
-        f"{report['device_name']} ({report['device']}), {report['cores']} cores, torch "
-        f"{report['torch']}; {report['images']} files ({files['baseline']['distinct']} distinct,"
+        f"{report['device_name']} ({report['device']}), {plural(report['cores'], 'core')},"
+        f" torch {report['torch']}; {plural(report['images'], 'file')}"
+        f" ({files['baseline']['distinct']} distinct,"
         f" {size('baseline')} baseline, {size('progressive')}"
         f" progressive), batch {report['batch']}; img/s: the median of the passes run (in"
         f" brackets; --repeats {report['repeats']}); {report['elapsed_s']} s",

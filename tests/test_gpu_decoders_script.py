@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,15 @@ def test_the_table_says_how_many_passes_each_decoder_ran(script):
     assert text.splitlines()[-1] == (
         "torchvision-batched | 1234.5 (3 passes) | 0.00 / 0 | the budget | -"
     )
+
+
+def test_the_table_says_1_file_1_core_1_pass_not_1_files(script):
+    report = a_report(passes=1, cores=1, images=1)
+    report["files"]["baseline"] = dict(report["files"]["baseline"], files=1, distinct=1)
+    text = script.table(report)
+    assert text.startswith("cpu (cpu), 1 core, torch 2.x; 1 file (1 distinct, ")
+    assert "| 1234.5 (1 pass) |" in text
+    assert not re.search(r"\b1 (files|cores|passes|images)\b", text)
+    assert [script.plural(n, w) for n, w in [(0, "pass"), (2, "file"), (1, "file")]] == [
+        "0 passes", "2 files", "1 file"
+    ]  # fmt: skip

@@ -68,6 +68,7 @@ START = time.monotonic()  # before the heavy imports: the budget counts them
 
 import argparse  # noqa: E402
 import faulthandler  # noqa: E402
+import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -91,11 +92,12 @@ from rn50.data.photos import imagenet_like_images  # noqa: E402
 from rn50.fileio import atomic_write_text  # noqa: E402
 
 VARIANTS = ("baseline", "progressive")
-# The nvidia-dali-cuda130 2.4.0 wheel for Python 3.12 (manylinux_2_28_x86_64), measured when
-# benchmarks/gpu_wheels.sh was written: 198,655,209 bytes, so gpu_wheels.sh does not carry it.
-DALI_NOT_CARRIED = (
-    "not carried: wheel of 198.7 MB exceeds the device machine's 64 MiB carry limit"
-    " (benchmarks/gpu_wheels.sh)"
+# What a user without DALI reads. The size: the nvidia-dali-cuda130 2.4.0 wheel for Python
+# 3.12 (manylinux_2_28_x86_64), 198,655,209 bytes when benchmarks/gpu_wheels.sh was written,
+# past the 64 MiB a device machine takes with the checkout, so gpu_wheels.sh leaves it out.
+DALI_NOT_INSTALLED = (
+    "not installed (pip install nvidia-dali-cuda130, or nvidia-dali-cuda120 for CUDA 12;"
+    " 199 MB, too large for benchmarks/gpu_wheels.sh to carry)"
 )
 
 
@@ -297,15 +299,26 @@ def _nvimgcodec(device: torch.device, kind: str | None, roi: bool) -> Runner:
     return Runner(prepare, decode, pixels, crops=roi, notes=notes)
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` (dotted) is there to import, without importing it (its parent
+    packages are imported)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or no __spec__
+        return False
+
+
 def _check_dali(device: torch.device):
     """DALI's modules (dali, fn, types, Pipeline), when they import and `device` is a CUDA
     one (decoding with device "mixed" needs it); else raises Unavailable."""
+    if not _installed("nvidia.dali"):
+        raise Unavailable(DALI_NOT_INSTALLED)
     try:
         import nvidia.dali as dali
         from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
-    except Exception as e:
-        raise Unavailable(f"{DALI_NOT_CARRIED}; {error_text(e)}") from None
+    except Exception as e:  # installed, but it or a library it loads fails
+        raise Unavailable(f"not importable: {error_text(e)}") from None
     if device.type != "cuda":
         raise Unavailable(f"device 'mixed' needs a CUDA device (--device {device.type})")
     return dali, fn, types, Pipeline

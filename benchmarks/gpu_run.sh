@@ -131,8 +131,9 @@ step gpu-4cores 60 "$OUT/gpu-4cores.json" "${BENCH[@]}" --config configs/imagene
   --set data.decode=gpu --batch-sizes "$bs" "${small[@]}"
 step sync-stages 60 "$OUT/sync-stages.json" "${BENCH[@]}" --config configs/imagenet-reference.yaml \
   --only sync,stages --compile --batch-sizes "$bs" "${small[@]}"
-# gpu_decoders.py stops itself within --budget-s (5 s short of what the step may take) and
-# writes decoders.json after every decoder; its table goes nowhere.
+# gpu_decoders.py stops itself within about a second of --budget-s (5 s short of what the
+# step may take; step skips it with under 20 s left, so --budget-s is never 0, which it
+# refuses) and writes decoders.json after every decoder; its table goes nowhere.
 left=$((BUDGET - (SECONDS - START) - 5))
 step decoders 50 /dev/null "$PY" benchmarks/gpu_decoders.py --device "$DEVICE" "${decoders[@]}" \
   --budget-s "$((left < 45 ? left : 45))" --json-out "$OUT/decoders.json"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +92,16 @@ def test_torchvision_on_the_cpu_decodes_pils_pixels_exactly(report, name):
     entry = report["decoders"][name]
     for variant in ("baseline", "progressive"):
         result = entry[variant]
+        if name == "torchvision-batched" and TORCHVISION < (0, 20):
+            # torchvision 0.19 decodes a list on CUDA only: one line, the others measured
+            assert "list" in result["error"] and "\n" not in result["error"]
+            continue
         assert result["img_s"] > 0
         assert len(result["passes_s"]) == 2
         assert result["pixels"] == {"mean_abs_diff": 0.0, "max_abs_diff": 0, "images": 3}
+
+
+TORCHVISION = tuple(int(p) for p in torchvision.__version__.split("+")[0].split(".")[:2])
 
 
 def assert_cannot_run_here_in_one_line(report: dict) -> None:

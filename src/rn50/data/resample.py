@@ -105,21 +105,16 @@ def _place_chunk(pixels, boxes, sizes, crops, flips, out_size) -> torch.Tensor:
     x = torch.zeros(len(pixels), 3, height, width, dtype=torch.float32, device=device)
     for row, (image, (top, left, h, w)) in enumerate(zip(pixels, boxes, strict=True)):
         x[row, :, :h, :w].copy_(image[:, top : top + h, left : left + w])  # one kernel each
-    wy = aa_weights(
-        [b[2] for b in boxes],
-        [s[0] for s in sizes],
-        [c[0] for c in crops],
-        out_size[0],
-        height,
-        device,
-    )
-    wx = aa_weights(
-        [b[3] for b in boxes],
-        [s[1] for s in sizes],
-        [c[1] for c in crops],
-        out_size[1],
-        width,
-        device,
+    wy, wx = (  # axis 0: rows (box heights, crop tops); axis 1: columns
+        aa_weights(
+            [b[2 + axis] for b in boxes],
+            [s[axis] for s in sizes],
+            [c[axis] for c in crops],
+            out_size[axis],
+            (height, width)[axis],
+            device,
+        )
+        for axis in (0, 1)
     )
     flip = torch.tensor([bool(f) for f in flips], device=device)[:, None, None]
     wx = torch.where(flip, wx.flip(1), wx)  # a mirrored output is Wx's rows reversed

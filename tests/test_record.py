@@ -258,3 +258,12 @@ def test_new_config_keys_are_checked(override, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, [override])
+
+
+def test_summary_line_counts_epochs_in_words():
+    from rn50.record import format_summary
+
+    s = {"best_top1": 20.5, "best_top5": 58.9, "best_epoch": 1, "epochs": 1,
+         "total_time_s": 24.0, "images_per_s": 61.0}  # fmt: skip
+    assert ", 1 epoch in " in format_summary(s)
+    assert ", 2 epochs in " in format_summary({**s, "epochs": 2})

@@ -183,8 +183,8 @@ def format_summary(s: dict) -> str:
         return "Summary: no epoch finished yet"
     text = (
         f"Summary: best val top-1 {s['best_top1']:.2f}% top-5 {s['best_top5']:.2f}% (epoch "
-        f"{s['best_epoch']}), {s['epochs']} epochs in {format_duration(s['total_time_s'])} at "
-        f"{s['images_per_s']:.0f} img/s"
+        f"{s['best_epoch']}), {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} in "
+        f"{format_duration(s['total_time_s'])} at {s['images_per_s']:.0f} img/s"
     )
     if s.get("cost") is not None:
         text += f", cost {s['cost']:.2f} ({s['device_hours']:.2f} device-hours)"

@@ -253,6 +253,37 @@ def test_a_data_dir_that_is_a_link_loop_is_named_so(tmp_path, capsys):
     assert not run_dir.exists() and not (tmp_path / "copy").exists()
 
 
+def test_a_link_loop_inside_the_layout_is_named_so(tmp_path, capsys):
+    """A folder of the layout (ILSVRC linked to itself, a train folder that loops): one line
+    naming it as a link loop, not "no dataset" or "no train folder", in every command that
+    reads a dataset, including bench --data-dir."""
+    (tmp_path / "kaggle").mkdir()
+    os.symlink("ILSVRC", tmp_path / "kaggle" / "ILSVRC")
+    cls_loc = tmp_path / "cls" / "ILSVRC" / "Data" / "CLS-LOC"
+    cls_loc.mkdir(parents=True)
+    os.symlink("train", cls_loc / "train")
+    (tmp_path / "folder").mkdir()
+    os.symlink("train", tmp_path / "folder" / "train")
+    run_dir = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_config(tmp_path, run_dir, model={"arch": "resnet18"}).to_yaml())
+    cases = {
+        tmp_path / "kaggle": tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC",
+        tmp_path / "cls": cls_loc / "train",
+        tmp_path / "folder": tmp_path / "folder" / "train",
+    }
+    for root, loop in cases.items():
+        data = f"data.data_dir={root}"
+        for argv in (["data", "check", root], ["train", "-c", config, "--set", data],
+                     ["data", "show", "-c", config, "--set", data, "--out", tmp_path / "s.png"],
+                     ["bench", "--device", "cpu", "--only", "stages", "--data-dir", root]):
+            code, out, err = run(capsys, *argv)
+            assert code == 2 and out == "", argv
+            line = err.strip().splitlines()[-1]
+            assert line.startswith(f"rn50: error: '{loop}' is a symbolic link loop"), (argv, err)
+    assert not run_dir.exists()
+
+
 # -- labels never shift where weights meet data ------------------------------------------------
 
 

@@ -23,20 +23,26 @@ def _show(path: str | os.PathLike) -> str:
     return excerpt(str(path), PATH_CHARS)
 
 
+def is_link_loop(path: str | os.PathLike) -> bool:
+    """Whether `path` cannot be reached for a symbolic link loop (ELOOP: it, or a link on its
+    way, leads back to itself); is_dir() and exists() answer only False there."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    except ValueError:  # an embedded NUL byte
+        return False
+    return False
+
+
 def link_loop(path: str | os.PathLike, what: str) -> str | None:
     """The one-line message for a `path` (named `what`, e.g. "data.data_dir") that cannot be
     reached for a symbolic link loop (ELOOP: it, or a link on its way, leads back to itself),
     else None. is_dir() and exists() say only False there, which reads as "no such folder"."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return (f"{what} {_show(path)} is a symbolic link loop (it, or a link on its way, "
-                    f"leads back to itself, never to a folder); point {what} at your dataset "
-                    f"folder")
-    except ValueError:  # an embedded NUL byte
-        pass
-    return None
+    if not is_link_loop(path):
+        return None
+    return (f"{what} {_show(path)} is a symbolic link loop (it, or a link on its way, "
+            f"leads back to itself, never to a folder); point {what} at your dataset folder")
 
 
 def _stat(path: Path, what: str) -> os.stat_result | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rn50.errors import DataError
-from rn50.paths import link_loop
+from rn50.paths import is_link_loop, link_loop
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def find_dataset(path: str | os.PathLike[str]) -> DatasetIndex:
         return _index_kaggle(cls_loc, _Walk())
     if (here / "train").is_dir():
         return _index_imagefolder(here, _Walk())
+    _refuse_link_loops([*_cls_loc_candidates(here), here / "train"])
     raise DataError(
         f"no dataset at {_q(here)}: expected an ImageFolder root (train/<class>/, val/<class>/) "
         f"or the Kaggle ILSVRC layout ({MAPPING_FILE}, ILSVRC/Data/CLS-LOC/); "
@@ -114,11 +115,26 @@ def find_dataset(path: str | os.PathLike[str]) -> DatasetIndex:
 
 def _find_cls_loc(here: Path) -> Path | None:
     """The CLS-LOC folder when `here` is the Kaggle root or one of the folders on the way to it."""
-    for candidate in (here, here / "CLS-LOC", here / "Data" / "CLS-LOC",
-                      here / "ILSVRC" / "Data" / "CLS-LOC"):
+    for candidate in _cls_loc_candidates(here):
         if candidate.name == "CLS-LOC" and candidate.is_dir():
             return candidate
     return None
+
+
+def _cls_loc_candidates(here: Path) -> tuple[Path, ...]:
+    """Where a Kaggle layout's CLS-LOC folder may be, seen from `here`."""
+    return (here, here / "CLS-LOC", here / "Data" / "CLS-LOC", here / "ILSVRC" / "Data" / "CLS-LOC")
+
+
+def _refuse_link_loops(paths) -> None:
+    """DataError naming the first of `paths` (a folder of a dataset layout) that is, or is
+    reached through, a symbolic link loop: else the error would say the folder is missing."""
+    for path in paths:
+        if is_link_loop(path):
+            raise DataError(
+                f"{_q(path)} is a symbolic link loop (it, or a link on its way, leads back to "
+                f"itself, never to a folder); make it the dataset folder it stands for"
+            )
 
 
 def _find_up(start: Path, name: str) -> Path | None:
@@ -146,6 +162,7 @@ def _index_kaggle(cls_loc: Path, walk: _Walk) -> DatasetIndex:
     solution = _find_up(cls_loc, VAL_SOLUTION_FILE)
     train_dir = cls_loc / "train"
     if not train_dir.is_dir():
+        _refuse_link_loops([train_dir])
         raise DataError(
             f"no train folder in {_q(cls_loc)}: the Kaggle layout needs "
             f"CLS-LOC/train/<wnid>/*.JPEG; extract the train images there"

@@ -64,8 +64,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          text=True)
     # --from needs no device: only the run's length, schedule and price are read from cfg.
     device = "cpu" if args.from_file else resolve_device(args.device or cfg.train.device)
+    # The auto choices' notes wait until every flag is checked: a bad flag is one line.
+    notes: list[str] = []
     plan = default_plan(cfg, torch.device(device), args.full,
-                        say=None if args.from_file else note)
+                        say=None if args.from_file else notes.append)
     changes = {
         "batch_sizes": args.batch_sizes and parse_list(args.batch_sizes, int, "--batch-sizes"),
         "precisions": args.precisions
@@ -118,6 +120,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_data_dir(DataConfig(data_dir=plan.data_dir), "--data-dir")
     if uses_gpu_decoder(plan):
         check_gpu_decoder(plan.gpu_decoder)
+    for line in notes:
+        note(line)
     # Progress goes to stderr, so that stdout holds only the table or the JSON.
     result = run_bench(plan, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_report(result))

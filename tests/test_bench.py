@@ -93,7 +93,8 @@ def test_text_report_and_bad_arguments(capsys):
     assert "cost at 2.5/GPU-hour" in out
     assert main(["bench", "--precisions", "fp8"]) == 2
     assert "--precisions: 'fp8' is not one of" in capsys.readouterr().err
-    for bad in (["--repeats", "0"], ["--images", "0"], ["--precisions", "fp8"]):
+    for bad in (["--repeats", "0"], ["--images", "0"], ["--precisions", "fp8"],
+                ["--only", ""], ["--modes", " "], ["--batch-sizes", ""]):
         assert main(["bench", "--device", "cpu", *bad]) == 2
         # one line: the auto choices' notes (workers, decode) are not printed before it
         (line,) = capsys.readouterr().err.splitlines()

@@ -68,6 +68,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     notes: list[str] = []
     plan = default_plan(cfg, torch.device(device), args.full,
                         say=None if args.from_file else notes.append)
+    for flag in ("batch_sizes", "precisions", "modes", "workers", "only", "compile_modes"):
+        given = getattr(args, flag)
+        if given is not None and not given.strip():  # '' would measure nothing, silently
+            raise UserError(f"--{flag.replace('_', '-')} needs at least one item, got ''")
     changes = {
         "batch_sizes": args.batch_sizes and parse_list(args.batch_sizes, int, "--batch-sizes"),
         "precisions": args.precisions

@@ -243,13 +243,11 @@ def crop_drawn(data, d: TrainDraw, resolution: int) -> torch.Tensor:
     return out.flip(-1) if d.flip else out
 
 
-class FastTrainTransform:
-    """File bytes -> RandomResizedCrop(resolution) + optional flip + the data.auto_augment
-    policy, uint8 (3, R, R).
-
-    The same augmentation as TrainTransform (same box, flip and policy draws for the same
-    seed), decoded at the smallest size that still covers the crop.
-    """
+class TrainDraws:
+    """A training sample's settings in the workers of the cpu and gpu modes: the output
+    `resolution`, RandomResizedCrop's area range (min_scale, 1), the flip switch and the
+    data.auto_augment step (`augment`, None for none; a wrong name fails here, before any
+    worker starts)."""
 
     def __init__(
         self,
@@ -261,8 +259,22 @@ class FastTrainTransform:
         self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
         self.augment = AutoAugmentStep(auto_augment) if auto_augment != "none" else None
 
+    def draw(self, data) -> TrainDraw:
+        """The crop box and flip of the sample in `data` (file bytes), drawn as every decode
+        mode draws them (`draw_train`)."""
+        return draw_train(data, self.scale, self.hflip)
+
+
+class FastTrainTransform(TrainDraws):
+    """File bytes -> RandomResizedCrop(resolution) + optional flip + the data.auto_augment
+    policy, uint8 (3, R, R).
+
+    The same augmentation as TrainTransform (same box, flip and policy draws for the same
+    seed), decoded at the smallest size that still covers the crop.
+    """
+
     def __call__(self, data) -> torch.Tensor:
-        out = crop_drawn(data, draw_train(data, self.scale, self.hflip), self.resolution)
+        out = crop_drawn(data, self.draw(data), self.resolution)
         return out if self.augment is None else self.augment(out)
 
 

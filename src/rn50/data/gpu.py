@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from rn50.data.ahead import ahead
-from rn50.data.augment import AutoAugmentStep, auto_augment
+from rn50.data.augment import auto_augment
 from rn50.data.decode import (
     Box,
+    TrainDraws,
     crop_drawn,
     decode,
-    draw_train,
     probe,
 )
 from rn50.data.device_decoders import decode_batch_on, decode_host
@@ -90,22 +90,12 @@ def eval_geometry(height: int, width: int, resolution: int, crop_ratio: float):
     return size, (top, left, resolution, resolution)
 
 
-class GpuTrainPrep:
+class GpuTrainPrep(TrainDraws):
     """Worker side of training: file bytes -> Encoded (crop box, flip and the data.auto_augment
     policy's seed drawn here, in the CPU paths' order; the device applies the policy)."""
 
-    def __init__(
-        self,
-        resolution: int,
-        min_scale: float = 0.08,
-        hflip: bool = True,
-        auto_augment: str = "none",
-    ):
-        self.resolution, self.scale, self.hflip = resolution, (min_scale, 1.0), hflip
-        self.augment = AutoAugmentStep(auto_augment) if auto_augment != "none" else None
-
     def __call__(self, data: np.ndarray) -> Encoded:
-        d = draw_train(data, self.scale, self.hflip)  # the CPU paths' draws, in their order
+        d = self.draw(data)  # the CPU paths' draws, in their order
         augment = None if self.augment is None else self.augment.draw()
         size = (self.resolution, self.resolution)
         if d.direct:

@@ -53,8 +53,8 @@ def decode_batch_on(
     name: str, datas: Sequence[torch.Tensor], device: torch.device
 ) -> list[torch.Tensor | None]:
     """Decode uint8 1-D file-byte tensors with decoder `name` (one of
-    rn50.config.GPU_DECODERS): uint8 (3, H, W) per file on `device` (any strides), None where
-    that decoder cannot."""
+    rn50.config.GPU_DECODERS): uint8 (3, H, W) per file on `device` (a CUDA device with its
+    index; any strides), in memory of torch's allocator, None where that decoder cannot."""
     if name == "nvimgcodec":
         return _nvimgcodec(datas, device)
     return _torchvision(datas, device)
@@ -97,8 +97,6 @@ def _nvimgcodec_decoder(device: torch.device):
     """(module, Decoder, DecodeParams) for `device`, made once. On CUDA: the hardware engines
     first, then nvJPEG's CUDA decoder (for what the engines do not take); on a CPU device its
     CPU backend. No EXIF orientation (rn50 applies it); interleaved RGB."""
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     key = str(device)
     if key not in _NVIMGCODEC:
         from nvidia import nvimgcodec as nvi
@@ -132,6 +130,10 @@ def _nvimgcodec(datas: Sequence[torch.Tensor], device: torch.device) -> list:
     out: list[torch.Tensor | None] = [None] * len(datas)
     for i, image in zip(at, images, strict=True):
         if image is not None:
-            # DLPack hands the buffer over (no copy), ordered after the decode on `stream`.
-            out[i] = torch.from_dlpack(image).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+            # DLPack shares the buffer, ordered after the decode on `stream`. It is
+            # nvImageCodec's allocator's, which record_stream cannot hold for the training
+            # stream: copy it into torch's, and wait for the copies before it is released.
+            out[i] = torch.from_dlpack(image).permute(2, 0, 1).clone()  # (H, W, 3) -> (3, H, W)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # (the decode thread's, when ahead)
     return out

@@ -164,6 +164,7 @@ def decode_jpegs(
         return []
     if device.type != "cuda":
         return _decode_jpegs(datas, device, decoder)
+    device = _indexed(device)
     training = torch.cuda.current_stream(device)
     side = _decode_stream(device)
     with torch.cuda.stream(side):
@@ -187,7 +188,8 @@ def _indexed(device: torch.device) -> torch.device:
 
 
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    index = _indexed(device).index
+    """rn50's side stream on `device` (a CUDA device with its index), made once."""
+    index = device.index
     if index not in _DECODE_STREAMS:
         _DECODE_STREAMS[index] = torch.cuda.Stream(device=index)
     return _DECODE_STREAMS[index]
@@ -212,10 +214,10 @@ def decode_batch(batch: EncodedBatch, device: torch.device, decoder: str = "torc
     samples = batch.samples
     jpeg_at = [i for i, s in enumerate(samples) if s.data is not None]
     decoded = decode_jpegs([samples[i].data for i in jpeg_at], device, decoder)
-    placed_at = [i for i, image in zip(jpeg_at, decoded, strict=True) if image is not None]
-    rejected = {i for i, image in zip(jpeg_at, decoded, strict=True) if image is None}
-    keep = [i for i in range(len(samples)) if i not in rejected]
-    bad = list(batch.bad) + [batch.paths[i] for i in sorted(rejected)]
+    pixels = {i: image for i, image in zip(jpeg_at, decoded, strict=True) if image is not None}
+    rejected = [i for i in jpeg_at if i not in pixels]
+    keep = [i for i, s in enumerate(samples) if s.data is None or i in pixels]
+    bad = list(batch.bad) + [batch.paths[i] for i in rejected]
     if not keep:
         return Batch(
             torch.empty(0, 3, 0, 0, dtype=torch.uint8, device=device),
@@ -223,29 +225,19 @@ def decode_batch(batch: EncodedBatch, device: torch.device, decoder: str = "torc
             bad,
         )
     placed = None
-    if placed_at:
-        upright = [
-            orient_tensor(image, samples[i].orientation)
-            for i, image in zip(jpeg_at, decoded, strict=True)
-            if image is not None
-        ]
-        chosen = [samples[i] for i in placed_at]
+    if pixels:
+        chosen = [samples[i] for i in pixels]
         placed = place_batch(
-            upright,
+            [orient_tensor(image, samples[i].orientation) for i, image in pixels.items()],
             [s.box for s in chosen],
             [s.size for s in chosen],
             [s.crop for s in chosen],
             [s.flip for s in chosen],
         )
-        if decoder == "nvimgcodec" and device.type == "cuda":
-            # nvImageCodec's buffers are its own allocator's, not torch's: record_stream cannot
-            # keep them until the copies above have read them, so wait for those here (on the
-            # decode thread's stream when decoding ahead, not the training stream).
-            torch.cuda.current_stream(device).synchronize()
-    if len(placed_at) == len(keep):
+    if len(pixels) == len(keep):
         images = placed  # the usual batch: every file decoded on the device, already in order
     else:  # files decoded by the workers (CMYK, PNG) go between the device's, in order
-        rows = {i: placed[n] for n, i in enumerate(placed_at)}
+        rows = {i: placed[n] for n, i in enumerate(pixels)}
         images = torch.stack(
             [rows[i] if i in rows else samples[i].image.to(device, non_blocking=True) for i in keep]
         )
